@@ -1,0 +1,57 @@
+"""Paged KV block accounting for one engine group.
+
+A logical block spans one fixed-byte physical block on every GPU of the group; at merge width
+p it holds ``p * B_base`` tokens (the KV Cache Adaptor's B(p)). Running out of blocks is a
+return value (False), never an exception: the scheduler decides whom to preempt.
+"""
+from __future__ import annotations
+
+from policies.request import Request
+
+
+def blocks_for(num_tokens: int, tokens_per_block: int) -> int:
+    return -(-num_tokens // tokens_per_block)
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, tokens_per_block: int) -> None:
+        if num_blocks <= 0 or tokens_per_block <= 0:
+            raise ValueError(f"block pool needs positive sizes, got {num_blocks} blocks of "
+                             f"{tokens_per_block} tokens")
+        self.num_blocks = num_blocks
+        self.tokens_per_block = tokens_per_block
+        # A stack: the most recently freed block is reused first (warm in cache on a GPU).
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.tokens_per_block
+
+    def blocks_needed(self, request: Request, num_tokens: int) -> int:
+        """Blocks to add so that ``request`` can hold ``num_tokens`` tokens of KV."""
+        return max(0, blocks_for(num_tokens, self.tokens_per_block) - len(request.block_ids))
+
+    def ensure(self, request: Request, num_tokens: int) -> list[int] | None:
+        """Grow ``request``'s block table to hold ``num_tokens``; None (and no change) if the
+        pool cannot. Returns the newly added block ids."""
+        need = self.blocks_needed(request, num_tokens)
+        if need > len(self._free):
+            return None
+        if need == 0:
+            return []
+        new = self._free[-need:]
+        del self._free[-need:]
+        request.block_ids.extend(new)
+        return new
+
+    def free(self, request: Request) -> None:
+        self._free.extend(reversed(request.block_ids))
+        request.block_ids = []

@@ -1,0 +1,32 @@
+"""The per-request record both backends write (one row per request, DESIGN.md section 2).
+
+``analysis/`` reads these columns and cannot tell the backends apart except by ``backend``.
+"""
+from __future__ import annotations
+
+# column -> meaning; the order is the Parquet column order.
+RECORD_COLUMNS: dict[str, str] = {
+    "request_id": "int: id from the trace",
+    "request_class": "str: normal | priority | long_context",
+    "status": "str: finished | rejected | unfinished (still in flight when the run ended)",
+    "reject_reason": "str or None",
+    "arrival_s": "float: arrival time",
+    "first_scheduled_s": "float or NaN: first step that computed any of its tokens",
+    "first_token_s": "float or NaN: end of the step that sampled its first token",
+    "finish_s": "float or NaN: end of the step that sampled its last token",
+    "prompt_tokens": "int",
+    "output_tokens": "int: tokens requested (trace)",
+    "generated_tokens": "int: tokens actually produced",
+    "engine_group": "str: engines of the group that produced the first token, e.g. '0-1'",
+    "tp_widths": "str: comma-separated TP GPU counts the request ran at, in order seen",
+    "preemptions": "int: times preempted",
+    "recomputed_tokens": "int: tokens whose KV was computed again after a preemption",
+    "ttft_slo_s": "float or NaN",
+    "tpot_slo_s": "float or NaN",
+    "ttft_s": "float or NaN: first_token_s - arrival_s",
+    "tpot_s": "float or NaN: (finish_s - first_token_s) / (generated_tokens - 1)",
+    "e2e_s": "float or NaN: finish_s - arrival_s",
+    "queueing_s": "float or NaN: first_scheduled_s - arrival_s",
+    "slo_met": "bool or None: TTFT and TPOT within their SLOs (None when no SLO is set)",
+    "backend": "str: sim | executor | replay",
+}

@@ -1,0 +1,145 @@
+"""One engine group as a SimPy process: the three-call step loop, priced by a predictor.
+
+Fast path: when a step is a pure decode whose batch provably repeats for k steps
+(``Scheduler.decode_horizon``), the engine prices all k at once and sleeps to the end. An
+arrival in between interrupts it, and it stops at the first step boundary at or after the
+arrival, exactly where a step-by-step engine would have noticed the request. The engine keeps
+its own clock, accumulated step by step in the same order on both paths, so both paths give
+bit-identical times.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import Callable, Protocol
+
+import numpy as np
+import simpy
+
+from policies.layout import Group
+from policies.plan import SchedulerOutput, StepShape
+from policies.request import Request
+from policies.scheduler import Scheduler
+
+
+class StepPredictor(Protocol):
+    def step_time_s(self, shape: StepShape) -> float: ...
+
+    def decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int) -> np.ndarray: ...
+
+
+class _DecodeRun:
+    __slots__ = ("bounds_s", "batch", "committed", "cut")
+
+    def __init__(self, bounds_s: list[float], batch: int) -> None:
+        self.bounds_s = bounds_s  # end time of each step of the run
+        self.batch = batch
+        self.committed = 0  # steps already applied to the scheduler
+        self.cut = False  # an arrival shortened the run; further arrivals need no interrupt
+
+
+class SimEngine:
+    def __init__(self, env: simpy.Environment, group: Group, tp_gpus: int, scheduler: Scheduler,
+                 predictor: StepPredictor, fast_forward: bool = True,
+                 on_finish: Callable[[list[Request]], None] | None = None) -> None:
+        self.env = env
+        self.group = group
+        self.label = group.label
+        self.tp_gpus = tp_gpus
+        self.scheduler = scheduler
+        self.predictor = predictor
+        self.fast_forward = fast_forward
+        self.on_finish = on_finish
+        self.accepting = True
+        self.clock_s = env.now
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self.output_tokens_total = 0
+        self._run: _DecodeRun | None = None
+        self._wakeup = env.event()
+        self.process = env.process(self.loop())
+
+    # --- what the router and samplers see ---------------------------------------------
+    @property
+    def num_outstanding(self) -> int:
+        return self.scheduler.num_outstanding
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.scheduler.blocks.capacity_tokens
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+        if not self._wakeup.triggered:
+            self._wakeup.succeed()  # idle: start stepping now
+        elif self._run is not None and not self._run.cut:
+            self._run.cut = True
+            self.process.interrupt("arrival")
+
+    def sync(self, now_s: float) -> None:
+        """Apply the steps of a decode run that have ended by ``now_s`` (for observers)."""
+        run = self._run
+        if run is not None:
+            self._commit(run, bisect_right(run.bounds_s, now_s))
+
+    # --- the step loop -------------------------------------------------------------------
+    def loop(self):
+        while True:
+            if not self.scheduler.has_work:
+                self._wakeup = self.env.event()
+                yield self._wakeup
+                self.clock_s = self.env.now
+            out = self.scheduler.schedule(self.clock_s)
+            if out.is_empty:
+                raise RuntimeError(f"engine {self.label}: work queued but nothing schedulable "
+                                   "(a request larger than the pool was admitted)")
+            k = self.scheduler.decode_horizon(out) if self.fast_forward else 1
+            if k > 1:
+                yield from self._decode_run(out, k)
+            else:
+                yield from self._step(out)
+
+    def _step(self, out: SchedulerOutput):
+        step_s = self.predictor.step_time_s(out.shape())
+        end_s = self.clock_s + step_s
+        yield self.env.timeout(max(0.0, end_s - self.env.now))
+        self.clock_s = end_s
+        self.num_steps += 1
+        self.busy_s += step_s
+        self.output_tokens_total += sum(s.samples for s in out.scheduled)
+        self._finished(self.scheduler.update(out, end_s))
+
+    def _decode_run(self, out: SchedulerOutput, k: int):
+        shape = out.shape()
+        times = self.predictor.decode_run_times_s(self.tp_gpus, shape.num_seqs,
+                                                  shape.kv_tokens_read, k)
+        # Sequential accumulation from this engine's clock: the same additions, in the same
+        # order, as k single steps (np.cumsum is a sequential accumulate).
+        bounds = np.cumsum(np.concatenate(([self.clock_s], times)))[1:].tolist()
+        run = self._run = _DecodeRun(bounds, shape.num_seqs)
+        try:
+            yield self.env.timeout(max(0.0, bounds[-1] - self.env.now))
+            n = k
+        except simpy.Interrupt:
+            # The step under way when the request arrived completes; the run stops there.
+            n = min(bisect_left(bounds, self.env.now) + 1, k)
+            yield self.env.timeout(max(0.0, bounds[n - 1] - self.env.now))
+        self._commit(run, n)
+        self._run = None
+        start_s = self.clock_s
+        self.clock_s = bounds[n - 1]
+        self.busy_s += self.clock_s - start_s
+
+    def _commit(self, run: _DecodeRun, upto: int) -> None:
+        m = upto - run.committed
+        if m <= 0:
+            return
+        finished = self.scheduler.advance_decode(m, run.bounds_s[upto - 1],
+                                                 next_in_flight=upto < len(run.bounds_s))
+        run.committed = upto
+        self.num_steps += m
+        self.output_tokens_total += m * run.batch
+        self._finished(finished)
+
+    def _finished(self, finished: list[Request]) -> None:
+        if finished and self.on_finish is not None:
+            self.on_finish(finished)
