@@ -13,7 +13,7 @@ GIB = 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelSpec:
     """A Llama-family decoder shape (Llama 3, Qwen2, Mistral)."""
 
@@ -93,7 +93,7 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_size * self.dtype_bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class GpuSpec:
     name: str
     memory_gib: float
@@ -107,7 +107,7 @@ class GpuSpec:
         return int(self.memory_gib * GIB)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClusterSpec:
     """A node of G GPUs cut into K engines of g_e GPUs (base TP inside an engine)."""
 
@@ -128,7 +128,7 @@ class ClusterSpec:
         return self.num_gpus // self.gpus_per_engine
 
 
-@dataclass(frozen=True)
+@dataclass
 class MemoryConfig:
     gpu_memory_utilization: float = 0.90  # vLLM's default share of HBM the engine may use
     activation_reserve_gib: float = 4.0  # activations, CUDA graphs, sampler scratch per GPU
