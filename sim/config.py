@@ -1,0 +1,71 @@
+"""Typed schema of the simulator's Hydra config. Composition fails on unknown keys or wrong
+types; ``load_config`` then builds the dataclasses, whose own checks run on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from policies.policy import PolicyConfig
+from policies.scheduler import SchedulerConfig
+from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
+from sim.predictor import RooflineConfig
+from traces.config import TraceConfig
+
+
+@dataclass
+class OutputConfig:
+    plots: bool = True  # latency CDFs and time series as PNG in the run directory
+    progress: bool = True  # a progress bar over simulated time (only on a terminal)
+    print_summary: bool = True
+
+
+@dataclass
+class SimConfig:
+    trace: TraceConfig = MISSING
+    cluster: ClusterSpec = MISSING
+    model: ModelSpec = MISSING
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    predictor: RooflineConfig = field(default_factory=RooflineConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 0
+    fast_forward: bool = True
+    sample_period_s: float = 1.0
+    max_sim_time_s: Optional[float] = None
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="sim_schema", node=SimConfig)
+
+
+def trace_options() -> list[str]:
+    from pathlib import Path
+    conf = Path(__file__).resolve().parents[1] / "conf" / "trace"
+    return sorted(p.stem for p in conf.glob("*.yaml"))
+
+
+def load_config(cfg: DictConfig | dict[str, Any]) -> SimConfig:
+    """Composed config -> typed SimConfig, with messages a user can act on."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.merge(OmegaConf.structured(SimConfig), cfg)
+    if OmegaConf.is_missing(cfg, "trace"):
+        raise ConfigError("no trace chosen: add +trace=NAME, one of " + ", ".join(trace_options()))
+    try:
+        typed: SimConfig = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"config value missing: {e.full_key}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad config: {e}") from None
+    typed.trace.seed = typed.seed
+    if typed.sample_period_s <= 0:
+        raise ConfigError("sample_period_s must be positive")
+    return typed
