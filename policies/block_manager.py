@@ -42,11 +42,12 @@ class BlockManager:
     def ensure(self, request: Request, num_tokens: int) -> list[int] | None:
         """Grow ``request``'s block table to hold ``num_tokens``; None (and no change) if the
         pool cannot. Returns the newly added block ids."""
-        need = self.blocks_needed(request, num_tokens)
+        held = len(request.block_ids)
+        if num_tokens <= held * self.tokens_per_block:
+            return []  # the common decode case: the last block still has room
+        need = blocks_for(num_tokens, self.tokens_per_block) - held
         if need > len(self._free):
             return None
-        if need == 0:
-            return []
         new = self._free[-need:]
         del self._free[-need:]
         request.block_ids.extend(new)

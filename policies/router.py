@@ -43,8 +43,9 @@ class LeastLoadedRouter:
             return None, (f"needs {need} tokens of KV cache; the largest group in this layout "
                           f"holds {largest}")
         open_ = [i for i in fits if groups[i].accepting] or fits
-        best = min(groups[i].num_outstanding for i in open_)
-        tied = [i for i in open_ if groups[i].num_outstanding == best]
+        loads = {i: groups[i].num_outstanding for i in open_}
+        best = min(loads.values())
+        tied = [i for i in open_ if loads[i] == best]
         n = len(groups)
         choice = min(tied, key=lambda i: (i - self._cursor) % n)
         self._cursor = (choice + 1) % n
