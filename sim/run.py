@@ -70,7 +70,10 @@ def write_outputs(cfg: SimConfig, result: NodeResult, wall_s: float, out_dir: Pa
     if cfg.output.plots:
         from analysis.plots import plot_latency_cdfs, plot_timeseries
         plot_latency_cdfs(requests, out_dir / "latency_cdf.png")
-        plot_timeseries(samples, out_dir / "timeseries.png", layouts=layouts)
+        # About 300 points over the run: 1 s samples over an hour are mostly noise.
+        smooth = max(1, round(result.sim_end_s / cfg.sample_period_s / 300))
+        plot_timeseries(samples, out_dir / "timeseries.png", layouts=layouts,
+                        smooth_periods=smooth)
     if cfg.output.print_summary:
         print(f"\n{meta['trace']} | {meta['policy']} ({meta['layout']}) | {meta['model']} on "
               f"{meta['cluster']} | {meta['num_requests']} requests, "
