@@ -14,14 +14,23 @@ def blocks_for(num_tokens: int, tokens_per_block: int) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, tokens_per_block: int) -> None:
+    """``reserved_ids`` are block ids this group may not use: on one of its engines they hold
+    the KV of a paused request of another group (hard preempt keeps that KV in place). A TP
+    group uses the same block id on every member, so an id is usable only if it is free on
+    all of them."""
+
+    def __init__(self, num_blocks: int, tokens_per_block: int,
+                 reserved_ids: frozenset[int] | set[int] = frozenset()) -> None:
         if num_blocks <= 0 or tokens_per_block <= 0:
             raise ValueError(f"block pool needs positive sizes, got {num_blocks} blocks of "
                              f"{tokens_per_block} tokens")
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
+        self.reserved_ids = frozenset(reserved_ids)
         # A stack: the most recently freed block is reused first (warm in cache on a GPU).
-        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._free: list[int] = [i for i in range(num_blocks - 1, -1, -1)
+                                 if i not in self.reserved_ids]
+        self.num_usable_blocks = len(self._free)
 
     @property
     def num_free_blocks(self) -> int:
@@ -29,11 +38,20 @@ class BlockManager:
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_usable_blocks - len(self._free)
 
     @property
     def capacity_tokens(self) -> int:
-        return self.num_blocks * self.tokens_per_block
+        return self.num_usable_blocks * self.tokens_per_block
+
+    @property
+    def free_ids(self) -> frozenset[int]:
+        return frozenset(self._free)
+
+    def adopt(self, request: Request) -> None:
+        """Take back a paused request's blocks (they were reserved for it)."""
+        ids = set(request.block_ids)
+        self._free = [i for i in self._free if i not in ids]
 
     def blocks_needed(self, request: Request, num_tokens: int) -> int:
         """Blocks to add so that ``request`` can hold ``num_tokens`` tokens of KV."""

@@ -30,3 +30,10 @@ RECORD_COLUMNS: dict[str, str] = {
     "slo_met": "bool or None: TTFT and TPOT within their SLOs (None when no SLO is set)",
     "backend": "str: sim | executor | replay",
 }
+
+# One row per switch (policies.switch.SwitchRecord.row()).
+SWITCH_COLUMNS = [
+    "switch_id", "requested_s", "from_layout", "to_layout", "strategy", "reason", "ready_s",
+    "first_ready_s", "flip_s", "comm_setup_s", "done_s", "paused_requests",
+    "preempted_requests", "recomputed_tokens", "prerun_requests", "drain_s", "skew_s",
+]

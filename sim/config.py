@@ -12,6 +12,7 @@ from omegaconf.errors import MissingMandatoryValue
 from policies.policy import PolicyConfig
 from policies.scheduler import SchedulerConfig
 from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
+from policies.switch import SwitchConfig
 from sim.predictor import RooflineConfig
 from traces.config import TraceConfig
 
@@ -32,6 +33,7 @@ class SimConfig:
     predictor: RooflineConfig = field(default_factory=RooflineConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 0
     fast_forward: bool = True

@@ -10,15 +10,13 @@ bit-identical times.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import simpy
 
-from policies.layout import Group
+from policies.control import ControlPlane
 from policies.plan import SchedulerOutput, StepShape
-from policies.request import Request
-from policies.scheduler import Scheduler
 
 
 class StepPredictor(Protocol):
@@ -38,42 +36,40 @@ class _DecodeRun:
 
 
 class SimEngine:
-    def __init__(self, env: simpy.Environment, group: Group, tp_gpus: int, scheduler: Scheduler,
-                 predictor: StepPredictor, fast_forward: bool = True,
-                 on_finish: Callable[[list[Request]], None] | None = None) -> None:
+    """The process of one engine group of the control plane."""
+
+    def __init__(self, env: simpy.Environment, control: ControlPlane, gid: int,
+                 predictor: StepPredictor, fast_forward: bool = True) -> None:
+        runtime = control.groups[gid]
         self.env = env
-        self.group = group
-        self.label = group.label
-        self.tp_gpus = tp_gpus
-        self.scheduler = scheduler
+        self.control = control
+        self.gid = gid
+        self.label = runtime.label
+        self.tp_gpus = runtime.tp_gpus
+        self.scheduler = runtime.scheduler
         self.predictor = predictor
         self.fast_forward = fast_forward
-        self.on_finish = on_finish
-        self.accepting = True
         self.clock_s = env.now
         self.num_steps = 0
         self.busy_s = 0.0
         self.output_tokens_total = 0
+        self.retired = False
         self._run: _DecodeRun | None = None
         self._wakeup = env.event()
         self.process = env.process(self.loop())
 
-    # --- what the router and samplers see ---------------------------------------------
-    @property
-    def num_outstanding(self) -> int:
-        return self.scheduler.num_outstanding
-
-    @property
-    def capacity_tokens(self) -> int:
-        return self.scheduler.blocks.capacity_tokens
-
-    def add_request(self, request: Request) -> None:
-        self.scheduler.add_request(request)
+    def wake(self) -> None:
+        """New work or a stop request: an idle engine starts; a decode run ends at the next
+        step boundary, exactly where a step-by-step engine would look again."""
         if not self._wakeup.triggered:
-            self._wakeup.succeed()  # idle: start stepping now
+            self._wakeup.succeed()
         elif self._run is not None and not self._run.cut:
             self._run.cut = True
-            self.process.interrupt("arrival")
+            self.process.interrupt("wake")
+
+    def retire(self) -> None:
+        self.retired = True
+        self.wake()
 
     def sync(self, now_s: float) -> None:
         """Apply the steps of a decode run that have ended by ``now_s`` (for observers)."""
@@ -83,11 +79,12 @@ class SimEngine:
 
     # --- the step loop -------------------------------------------------------------------
     def loop(self):
-        while True:
-            if not self.scheduler.has_work:
+        while not self.retired:
+            if not self.control.may_step(self.gid, self.clock_s) or not self.scheduler.has_work:
                 self._wakeup = self.env.event()
                 yield self._wakeup
-                self.clock_s = self.env.now
+                self.clock_s = max(self.clock_s, self.env.now)
+                continue
             out = self.scheduler.schedule(self.clock_s)
             if out.is_empty:
                 raise RuntimeError(f"engine {self.label}: work queued but nothing schedulable "
@@ -106,7 +103,7 @@ class SimEngine:
         self.num_steps += 1
         self.busy_s += step_s
         self.output_tokens_total += sum(s.samples for s in out.scheduled)
-        self._finished(self.scheduler.update(out, end_s))
+        self._finished(self.scheduler.update(out, end_s), end_s)
 
     def _decode_run(self, out: SchedulerOutput, k: int):
         shape = out.shape()
@@ -138,8 +135,8 @@ class SimEngine:
         run.committed = upto
         self.num_steps += m
         self.output_tokens_total += m * run.batch
-        self._finished(finished)
+        self._finished(finished, run.bounds_s[upto - 1])
 
-    def _finished(self, finished: list[Request]) -> None:
-        if finished and self.on_finish is not None:
-            self.on_finish(finished)
+    def _finished(self, finished: list, end_s: float) -> None:
+        if finished:
+            self.control.on_finish(self.gid, finished, end_s)

@@ -1,4 +1,6 @@
-"""A simulated node: engine groups laid out by a policy, an arrival process, a sampler."""
+"""A simulated node: the shared control plane, one SimPy process per engine group, an
+arrival process and a sampler. The node is the control plane's ``Listener``: it starts and
+retires engine processes, wakes them, and times flips."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,13 +8,12 @@ from typing import Callable, Sequence
 
 import simpy
 
-from policies.block_manager import BlockManager
-from policies.layout import Group, Layout
-from policies.policy import StaticPolicy
-from policies.request import Request, RequestStatus
-from policies.router import LeastLoadedRouter
-from policies.scheduler import Scheduler, SchedulerConfig
-from policies.specs import ClusterSpec, MemoryConfig, ModelSpec, kv_blocks_per_gpu
+from policies.control import ControlPlane
+from policies.policy import Policy
+from policies.request import Request
+from policies.scheduler import SchedulerConfig
+from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
+from policies.switch import SwitchConfig, SwitchRecord
 from sim.engine import SimEngine, StepPredictor
 from traces.spec import RequestSpec
 
@@ -22,45 +23,58 @@ class NodeResult:
     requests: list[Request]
     samples: list[dict]
     layouts: list[dict]
+    switches: list[SwitchRecord]
     sim_end_s: float
     num_steps: int
+    stalled: bool = False
 
 
 class SimNode:
     def __init__(self, env: simpy.Environment, model: ModelSpec, cluster: ClusterSpec,
                  memory: MemoryConfig, scheduler_config: SchedulerConfig,
-                 predictor: StepPredictor, policy: StaticPolicy, *,
+                 predictor: StepPredictor, policy: Policy, *,
+                 switch_config: SwitchConfig | None = None, dynamic: bool = False,
                  fast_forward: bool = True, sample_period_s: float = 1.0) -> None:
         if sample_period_s <= 0:
             raise ValueError("sample_period_s must be positive")
         self.env = env
-        self.model = model
-        self.cluster = cluster
-        self.memory = memory
-        self.scheduler_config = scheduler_config
         self.predictor = predictor
-        self.policy = policy
         self.fast_forward = fast_forward
         self.sample_period_s = sample_period_s
-        self.router = LeastLoadedRouter(model.max_model_len)
-        self.layout = policy.initial_layout(cluster.num_engines)
-        self.engines = [self._make_engine(i, g) for i, g in enumerate(self.layout.groups)]
-        self.requests: list[Request] = []
+        self.engines: dict[int, SimEngine] = {}
+        self.retired_steps = 0
+        # Tokens of retired incarnations of a group label, so a label's sampled counter stays
+        # cumulative when a switch forms the same group again.
+        self.retired_tokens: dict[str, int] = {}
         self.samples: list[dict] = []
-        self.layouts = [{"time_s": 0.0, "layout": self.layout.describe(cluster.gpus_per_engine),
-                         "event": "initial", "duration_s": 0.0}]
         self._arrivals_done = False
-        self._unfinished = 0
+        self.control = ControlPlane(model, cluster, memory, scheduler_config, policy,
+                                    switch_config, listener=self, dynamic=dynamic)
+        self.control.start()
 
-    def _make_engine(self, index: int, group: Group) -> SimEngine:
-        tp_gpus = group.num_engines * self.cluster.gpus_per_engine
-        shards = (self.cluster.gpus_per_engine if self.policy.config.weights_resident_per_engine
-                  else tp_gpus)
-        num_blocks = kv_blocks_per_gpu(self.model, self.cluster, self.memory, shards)
-        blocks = BlockManager(num_blocks, self.memory.block_size_tokens * group.num_engines)
-        scheduler = Scheduler(index, tp_gpus, blocks, self.scheduler_config, label=group.label)
-        return SimEngine(self.env, group, tp_gpus, scheduler, self.predictor,
-                         self.fast_forward, on_finish=self._on_finish)
+    # --- Listener ------------------------------------------------------------------------
+    def wake(self, gid: int, stop_now: bool) -> None:
+        engine = self.engines.get(gid)
+        if engine is not None:
+            engine.wake()
+
+    def group_started(self, gid: int) -> None:
+        self.engines[gid] = SimEngine(self.env, self.control, gid, self.predictor,
+                                      self.fast_forward)
+
+    def group_retired(self, gid: int) -> None:
+        engine = self.engines.pop(gid)
+        self.retired_steps += engine.num_steps
+        self.retired_tokens[engine.label] = self.retired_tokens.get(engine.label, 0) + \
+            engine.output_tokens_total
+        engine.retire()
+
+    def start_flip(self, duration_s: float) -> None:
+        self.env.process(self._flip(duration_s))
+
+    def _flip(self, duration_s: float):
+        yield self.env.timeout(duration_s)
+        self.control.finish_flip(self.env.now)
 
     # --- processes -----------------------------------------------------------------------
     def arrivals(self, specs: Sequence[RequestSpec]):
@@ -68,42 +82,36 @@ class SimNode:
             delay = spec.arrival_s - self.env.now
             if delay > 0:
                 yield self.env.timeout(delay)
-            self.admit(Request(spec))
+            self.control.admit(Request(spec), self.env.now)
         self._arrivals_done = True
 
-    def admit(self, request: Request) -> None:
-        self.requests.append(request)
-        index, reason = self.router.route(request, self.engines)
-        if index is None:
-            request.status = RequestStatus.REJECTED
-            request.reject_reason = reason
-            return
-        self._unfinished += 1
-        self.engines[index].add_request(request)
-
-    def _on_finish(self, finished: list[Request]) -> None:
-        self._unfinished -= len(finished)
-
     def sampler(self, on_tick: Callable[[float], None] | None = None):
-        """Samples every period until all arrivals are in and every request has finished."""
+        """Samples and lets the policy look every period, until every request is done."""
         while True:
             yield self.env.timeout(self.sample_period_s)
             self.sample()
+            self.control.decide(self.env.now)
             if on_tick is not None:
                 on_tick(self.env.now)
-            if self._arrivals_done and self._unfinished == 0:
+            if self._arrivals_done and (self.control.num_unfinished == 0 or self.stalled()):
                 return
+
+    def stalled(self) -> bool:
+        """Nothing can move any more (a policy that never frees paused work, say)."""
+        return (self.control.pending is None and
+                not any(e.scheduler.has_work for e in self.engines.values()))
 
     def sample(self) -> None:
         now = self.env.now
-        for e in self.engines:
+        for e in self.engines.values():
             e.sync(now)
             s = e.scheduler
             self.samples.append({
                 "time_s": now, "group": e.label, "tp_gpus": e.tp_gpus,
                 "queued_requests": len(s.waiting), "running_requests": len(s.running),
-                "kv_blocks_used": s.blocks.num_used_blocks, "kv_blocks_total": s.blocks.num_blocks,
-                "output_tokens_total": e.output_tokens_total,
+                "kv_blocks_used": s.blocks.num_used_blocks,
+                "kv_blocks_total": s.blocks.num_usable_blocks,
+                "output_tokens_total": self.retired_tokens.get(e.label, 0) + e.output_tokens_total,
             })
 
     # --- driver --------------------------------------------------------------------------
@@ -111,13 +119,13 @@ class SimNode:
             on_tick: Callable[[float], None] | None = None) -> NodeResult:
         self.env.process(self.arrivals(specs))
         done = self.env.process(self.sampler(on_tick))
-        self.env.run(until=done if until_s is None else min_event(self.env, done, until_s))
-        for e in self.engines:
+        limit = done if until_s is None else self.env.any_of(
+            [done, self.env.timeout(max(0.0, until_s - self.env.now))])
+        self.env.run(until=limit)
+        for e in self.engines.values():
             e.sync(self.env.now)
-        return NodeResult(self.requests, self.samples, self.layouts, self.env.now,
-                          sum(e.num_steps for e in self.engines))
-
-
-def min_event(env: simpy.Environment, event: simpy.Event, until_s: float) -> simpy.Event:
-    """Whichever comes first: ``event`` or the time limit."""
-    return env.any_of([event, env.timeout(max(0.0, until_s - env.now))])
+        stalled = self.control.num_unfinished > 0 and until_s is None
+        c = self.control
+        return NodeResult(c.requests, self.samples, c.layouts, c.switches, self.env.now,
+                          self.retired_steps + sum(e.num_steps for e in self.engines.values()),
+                          stalled)

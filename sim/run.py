@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from analysis.metrics import format_summary, summarize, summary_dict
 from policies.policy import make_policy
-from policies.records import RECORD_COLUMNS
+from policies.records import RECORD_COLUMNS, SWITCH_COLUMNS
 from sim.config import ConfigError, SimConfig, load_config, register_schema, trace_options
 from sim.node import NodeResult, SimNode
 from sim.predictor import RooflinePredictor
@@ -33,8 +33,9 @@ def simulate(cfg: SimConfig, progress: bool = False) -> tuple[NodeResult, float]
     predictor = RooflinePredictor(cfg.model, cfg.cluster.gpu, cfg.predictor)
     env = simpy.Environment()
     node = SimNode(env, cfg.model, cfg.cluster, cfg.memory, cfg.scheduler, predictor,
-                   make_policy(cfg.policy), fast_forward=cfg.fast_forward,
-                   sample_period_s=cfg.sample_period_s)
+                   make_policy(cfg.policy), switch_config=cfg.switch,
+                   dynamic=not cfg.policy.kind.startswith("static"),
+                   fast_forward=cfg.fast_forward, sample_period_s=cfg.sample_period_s)
     horizon_s = specs[-1].arrival_s if specs else 0.0
     bar = tqdm(total=round(horizon_s), unit="sim s", desc=f"{cfg.trace.name}/{cfg.policy.name}",
                disable=None if progress else True, leave=False)
@@ -63,6 +64,8 @@ def write_outputs(cfg: SimConfig, result: NodeResult, wall_s: float, out_dir: Pa
     samples.to_parquet(out_dir / "samples.parquet", index=False)
     layouts = pd.DataFrame(result.layouts)
     layouts.to_parquet(out_dir / "layouts.parquet", index=False)
+    switches = pd.DataFrame([s.row() for s in result.switches], columns=SWITCH_COLUMNS)
+    switches.to_parquet(out_dir / "switches.parquet", index=False)
     summary = summarize(requests)
     meta = run_metadata(cfg, result, wall_s, choices)
     doc = {"run": meta, "metrics": summary_dict(summary)}  # analysis.load reads this shape
@@ -79,6 +82,11 @@ def write_outputs(cfg: SimConfig, result: NodeResult, wall_s: float, out_dir: Pa
               f"{meta['cluster']} | {meta['num_requests']} requests, "
               f"{meta['sim_end_s']:.0f} simulated s in {wall_s:.1f} s wall")
         print(format_summary(summary))
+        if result.switches:
+            print(f"switches: {len(result.switches)}, drain+flip {meta['switch_time_s']:.2f} s, "
+                  f"recomputed {meta['recomputed_tokens_at_switches']} tokens")
+        if result.stalled:
+            print("warning: the run stalled with requests unfinished (see status 'unfinished')")
         print(f"outputs: {out_dir}")
     return doc
 
@@ -104,6 +112,10 @@ def run_metadata(cfg: SimConfig, result: NodeResult, wall_s: float,
         "wall_s": wall_s,
         "sim_s_per_wall_s": result.sim_end_s / wall_s if wall_s > 0 else None,
         "fast_forward": cfg.fast_forward,
+        "switches": len(result.switches),
+        "switch_time_s": sum(s.flip_s + (s.drain_s or 0.0) for s in result.switches),
+        "recomputed_tokens_at_switches": sum(s.recomputed_tokens for s in result.switches),
+        "stalled": result.stalled,
         "scheduler": asdict(cfg.scheduler),
     }
 

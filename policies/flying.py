@@ -1,0 +1,101 @@
+"""``flying``: the paper's reactive rules.
+
+In order of precedence:
+1. a held request too long for every current group -> form a group wide enough (long
+   context), by ``priority_strategy``;
+2. priority requests and no group formed for them -> form a priority TP group by
+   ``priority_strategy`` (hard preempt in the paper), the other engines stay DP;
+3. a class group with none of its class left -> split it back to DP;
+4. load: all-DP and load below ``low_load_per_engine`` for ``dwell_s`` -> merge to TP;
+   TP groups for general traffic and load above ``high_load_per_engine`` -> split to DP.
+"""
+from __future__ import annotations
+
+from policies.layout import Group, Layout
+from policies.policy import Decision, NodeView, PolicyConfig
+from policies.switch import MERGE_STRATEGIES
+
+
+class FlyingPolicy:
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.rules = config.flying
+        self.name = config.name
+        for name in ("merge_strategy", "priority_strategy"):
+            if getattr(self.rules, name) not in MERGE_STRATEGIES:
+                raise ValueError(f"policy.flying.{name} must be one of {MERGE_STRATEGIES}")
+        if self.rules.low_load_per_engine >= self.rules.high_load_per_engine:
+            raise ValueError("policy.flying.low_load_per_engine must be below high_load_per_engine")
+        self._low_since: float | None = None
+
+    def initial_layout(self, num_engines: int) -> Layout:
+        return Layout.static_dp(num_engines)
+
+    def decide(self, view: NodeView) -> Decision | None:
+        if view.switching:
+            return None
+        return (self._long_context(view) or self._priority(view) or self._release(view)
+                or self._load(view))
+
+    # --- rules -------------------------------------------------------------------------------
+    def _class_layout(self, view: NodeView, engines: int, role: str, why: str) -> Decision:
+        engines = min(_pow2_at_least(engines), view.num_engines)
+        widths = [engines] + [1] * (view.num_engines - engines)
+        target = Layout.from_widths(view.num_engines, widths)
+        return Decision(target, self.rules.priority_strategy, why, {Group(0, engines): role})
+
+    def _long_context(self, view: NodeView) -> Decision | None:
+        widest = max(g.group.num_engines for g in view.groups)
+        if view.held_needs_engines > widest:
+            return self._class_layout(view, view.held_needs_engines, "long_context",
+                                      f"a request needs {view.held_needs_engines} engines of KV")
+        return None
+
+    def _priority(self, view: NodeView) -> Decision | None:
+        if any(g.role == "priority" for g in view.groups):
+            return None
+        waiting_priority = view.held_priority + sum(
+            g.priority_outstanding for g in view.groups if g.group.num_engines == 1)
+        if waiting_priority == 0:
+            return None
+        engines = self.rules.priority_engines_per_group or view.num_engines
+        return self._class_layout(view, engines, "priority",
+                                  f"{waiting_priority} priority request(s) outstanding")
+
+    def _release(self, view: NodeView) -> Decision | None:
+        for g in view.groups:
+            if g.role == "priority" and g.priority_outstanding == 0 and view.held_priority == 0:
+                return self._split(view, "priority group idle")
+            if g.role == "long_context" and g.outstanding == 0 and view.held_needs_engines <= 1:
+                return self._split(view, "long-context group idle")
+        return None
+
+    def _split(self, view: NodeView, why: str) -> Decision:
+        return Decision(Layout.static_dp(view.num_engines), self.rules.merge_strategy, why)
+
+    def _load(self, view: NodeView) -> Decision | None:
+        per_engine = view.outstanding / view.num_engines
+        all_dp = all(g.group.num_engines == 1 for g in view.groups)
+        recent = view.now_s - view.last_switch_done_s < self.rules.min_interval_s
+        if all_dp and per_engine < self.rules.low_load_per_engine:
+            if self._low_since is None:
+                self._low_since = view.now_s
+            if view.now_s - self._low_since >= self.rules.dwell_s and not recent:
+                self._low_since = None
+                width = self.rules.low_load_engines_per_group or view.num_engines
+                target = Layout.uniform(view.num_engines, min(width, view.num_engines))
+                return Decision(target, self.rules.merge_strategy,
+                                f"low load: {per_engine:.2f} requests per engine")
+            return None
+        self._low_since = None
+        general_tp = any(g.group.num_engines > 1 and g.role == "any" for g in view.groups)
+        if general_tp and per_engine > self.rules.high_load_per_engine:
+            return self._split(view, f"high load: {per_engine:.2f} requests per engine")
+        return None
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
