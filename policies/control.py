@@ -165,6 +165,7 @@ class ControlPlane:
         self.num_unfinished += 1
         if not self._route(request):
             self.held.append(request)
+            self._wake_prerunners()
         self.decide(now_s)
 
     def _never_servable(self, request: Request) -> str | None:
@@ -264,9 +265,7 @@ class ControlPlane:
         record = SwitchRecord(len(self.switches), now_s, self.describe(self.layout),
                               self.describe(target), decision.strategy, decision.reason)
         self.switches.append(record)
-        for_requests = [r for r in self.held]
-        self.pending = PendingSwitch(record, target, decision.strategy, retiring, forming,
-                                     for_requests)
+        self.pending = PendingSwitch(record, target, decision.strategy, retiring, forming)
         self._pending_roles = dict(decision.roles)
         self.layouts.append({"time_s": now_s, "layout": record.to_layout,
                              "event": "switch_requested", "duration_s": 0.0})
@@ -292,52 +291,64 @@ class ControlPlane:
         if g.state == "active":
             return True
         sw = self.pending
+        if sw.flipping:
+            return False
         self._move_out_waiting(g)
         kind = classify(g.group, sw.target)
         if self._stops_at_once(kind):
             self._vacate(g, pause=kind == "merge" and sw.strategy == "hard")
         elif g.scheduler.running and not self._only_prerun(g):
             return True  # still draining
-        elif sw.strategy == "soft" and kind == "merge":
-            self._prerun(g)
         if g.state != "ready":
             g.state = "ready"
             sw.ready.add(gid)
             if sw.record.first_ready_s is None:
                 sw.record.first_ready_s = now_s
-        if g.scheduler.has_work and not sw.all_ready:
-            return True  # soft: keep pre-running until every member is ready
+        if sw.strategy == "soft" and kind == "merge" and not sw.all_ready:
+            self._prerun(g)
+            if g.scheduler.has_work:
+                sw.parked.discard(gid)
+                return True  # soft: pre-run the new group's requests until all are ready
         sw.parked.add(gid)
         if sw.all_ready:
             for other in sw.retiring.keys() - sw.parked:
                 self.listener.wake(other, stop_now=True)  # pre-running: park at next boundary
-            if sw.parked >= sw.retiring.keys() and not sw.flipping:
+            if sw.parked >= sw.retiring.keys():
                 self._start_flip(now_s)
         return False
 
+    def _prerun_candidate(self, req: Request) -> bool:
+        roles = set(self._pending_roles.values())
+        return not roles or req.request_class in roles
+
     def _only_prerun(self, g: GroupRuntime) -> bool:
-        ids = {id(r) for r in self.pending.for_requests}
-        return all(id(r) in ids for r in g.scheduler.running)
+        return all(id(r) in self.pending.prerun_ids for r in g.scheduler.running)
 
     def _prerun(self, g: GroupRuntime) -> None:
         """Soft preempt: a drained member runs the new group's requests in its own mode."""
         sw = self.pending
-        wanted = {id(r) for r in sw.for_requests}
         for req in list(self.held):
-            if id(req) in wanted and g.scheduler.can_ever_hold(req):
+            if self._prerun_candidate(req) and g.scheduler.can_ever_hold(req):
                 self.held.remove(req)
                 g.scheduler.add_request(req)
+                sw.prerun_ids.add(id(req))
                 sw.record.prerun_requests += 1
+
+    def _wake_prerunners(self) -> None:
+        """A request held during a soft switch may be pre-run by a member that has drained."""
+        sw = self.pending
+        if sw is not None and sw.strategy == "soft" and not sw.all_ready:
+            for gid in sw.ready:
+                self.listener.wake(gid, stop_now=False)
 
     def _move_out_waiting(self, g: GroupRuntime) -> None:
         """Queued requests hold no KV: they leave a retiring group at once."""
         sched = g.scheduler
         keep = deque()
-        prerun = {id(r) for r in self.pending.for_requests} if self.pending else set()
         while sched.waiting:
             req = sched.waiting.popleft()
-            if id(req) in prerun and self.pending.strategy == "soft":
-                keep.append(req)
+            if id(req) in self.pending.prerun_ids:
+                keep.append(req)  # soft: pre-run work stays where it runs
                 continue
             assert not req.block_ids, "a waiting request never holds blocks"
             if not self._route(req):
@@ -377,11 +388,13 @@ class ControlPlane:
         rec = sw.record
         rec.ready_s = now_s
         for gid in sw.retiring:  # soft: pre-run requests drop their narrow-width KV now
-            g = self.groups[gid]
-            for req in list(g.scheduler.running):
-                self._drop_kv(req, g.scheduler)
+            sched = self.groups[gid].scheduler
+            for req in reversed(sched.running):
+                self._drop_kv(req, sched)
                 self.held.appendleft(req)
-            g.scheduler.running = []
+            for req in reversed(sched.waiting):
+                self.held.appendleft(req)
+            sched.running, sched.waiting = [], deque()
         duration = self.switch_config.restart_s if sw.strategy == "restart" else \
             self.switch_config.flip_s
         comm = 0.0
@@ -413,10 +426,9 @@ class ControlPlane:
                              "duration_s": now_s - sw.record.requested_s})
         self.pending = None
         self._route_held()
-        if self.queued:
+        while self.queued and self.pending is None:  # a queued no-op must not stall the rest
             self.request_switch(self.queued.popleft(), now_s)
-        else:
-            self.decide(now_s)
+        self.decide(now_s)
 
     # --- checks ----------------------------------------------------------------------------
     def check_invariants(self) -> None:

@@ -86,7 +86,7 @@ class PendingSwitch:
     strategy: str
     retiring: dict[int, Group]  # group id -> engines, of the groups that go away
     forming: tuple[Group, ...]
-    for_requests: list = field(default_factory=list)  # requests the new groups are formed for
+    prerun_ids: set[int] = field(default_factory=set)  # soft: requests pre-run in narrow mode
     ready: set[int] = field(default_factory=set)  # retiring group ids at their switch point
     parked: set[int] = field(default_factory=set)  # ready and stopped at a step boundary
     flipping: bool = False

@@ -63,6 +63,8 @@ class SimEngine:
         step boundary, exactly where a step-by-step engine would look again."""
         if not self._wakeup.triggered:
             self._wakeup.succeed()
+        elif self.env.active_process is self.process:
+            return  # woken by its own step's effects: it is at a boundary and looks again
         elif self._run is not None and not self._run.cut:
             self._run.cut = True
             self.process.interrupt("wake")

@@ -35,6 +35,33 @@ bounds; docs/predictor_validation.md has the breakdown per TP width.
 ``step_time_s`` k times: both add the same cached per-(tp, tokens) and per-(tp, logits) parts to
 the same ``_attention_s`` expression, evaluated on Python scalars or on numpy arrays (the same
 IEEE multiplications, max and additions in the same order give the same bits).
+
+Shift-Parallelism (Snowflake Arctic Inference; the paper's third baseline) switches every step
+between TP and Ulysses sequence parallelism (SP) over the same w GPUs. ``sp_step_time_s`` prices a
+step in SP mode: each GPU runs the linear layers, the small ops and the LM head on its
+``ceil(num_tokens / w)`` tokens (``ceil(num_logits / w)`` logits) with the FULL weights (no
+all-reduce), attention on all tokens for 1/w of the heads (exactly TP's attention term: the KV
+layout is head-sharded in both modes, so a mode change moves no KV), and two all-to-alls per
+layer::
+
+    sp_step = L * (sum_g gemm_g(ceil(T/w)) @ full weights + elementwise(ceil(T/w)) @ tp=1
+                   + alltoall(ceil(T/w) * (q_size + 2 * w * kv_local) * dtype, w)     # q, k, v -> head-sharded
+                   + alltoall(ceil(T/w) * q_size * dtype, w))                          # attention out -> token-sharded
+            + step_overhead_s + gemm_lm_head(ceil(num_logits/w)) @ full vocab + attention(tp=w)
+    alltoall(S, w) = alpha_w + (w - 1) / w * S / busbw_w       (S = one GPU's buffer, nccl-tests' convention)
+
+with kv_local = ceil(num_kv_heads / w) * head_dim (GQA heads replicated when w > num_kv_heads, as in
+TP). α and busbw are the all-reduce fits per width (a stated approximation: there is no all-to-all
+profile; the intra-node send/recv profile fits α = 7.6 µs and B = 357 GB/s, within 5 % of the
+all-reduce bus bandwidth at w = 8 and with a smaller α, so the approximation is on the slow side for
+small messages). At w = 1 every extra term is 0.0 and ``sp_step_time_s == step_time_s`` bit for bit.
+``shift_step_time_s`` applies Arctic's per-step rule (TP below ``threshold_tokens`` batched tokens,
+SP at or above), and ``shift_extra_weight_bytes_per_gpu`` is the memory the second weight copy costs.
+For Llama-3-8B on 8 H100s (default fit) SP is 2.2x slower than TP for a batch-1 decode (9.0 vs
+4.1 ms: every GPU streams all 15 GB of weights) and 1.8x faster for an 8192-token prefill (34 vs
+63 ms: TP's 64 all-reduces of 64 MiB cost ~21 ms); it becomes faster from 987 tokens per step for
+pure decodes and from 1005 for a single prefill chunk (w = 4: 924 / 955; w = 2: 750 / 780), pinned
+in tests/sim/test_predictor_sp.py.
 """
 from __future__ import annotations
 
@@ -156,6 +183,7 @@ class RooflinePredictor:
         self._logits_s: dict[tuple[int, int], float] = {}  # (tp, num_logits) -> s
         self._attn_coeffs: dict[int, tuple[float, float]] = {}  # tp -> (s per pair, s per kv token)
         self._allreduce = self.cfg.allreduce_params()
+        self._sp_tokens_s: dict[tuple[int, int], float] = {}  # SP mode: (width, num_tokens) -> s
 
     # --- building blocks (vectorized over num_tokens) ---------------------------------------
     def _gemm_s(self, rows, k: float, n: float):
@@ -240,3 +268,117 @@ class RooflinePredictor:
             raise ValueError(f"tp_gpus={tp_gpus} must be >= 1")
         kv = kv_tokens_read + batch * np.arange(k, dtype=np.int64)
         return np.asarray(self._step_s(tp_gpus, batch, batch, kv, kv), dtype=np.float64)
+
+    # --- Shift-Parallelism: SP (Ulysses) mode and the per-step TP/SP rule -----------------------
+    def alltoall_time_s(self, message_bytes: float, width: int) -> float:
+        """All-to-all of a ``message_bytes`` buffer per GPU over ``width`` GPUs, priced with that
+        width's all-reduce fit (α, bus bandwidth): a stated approximation, see the module docstring."""
+        alpha_s, bus_bytes_per_s = self._allreduce.get(width, self._allreduce[None])
+        return float(alltoall_time_s(message_bytes, width, alpha_s, bus_bytes_per_s))
+
+    def _sp_alltoalls_s(self, width: int, local_tokens: int) -> float:
+        """L × the two all-to-alls of a layer with ``local_tokens`` tokens per GPU; 0.0 at width 1.
+        Before attention a GPU's buffer is its tokens' q, k, v (k, v of ``kv_local`` heads for each of
+        the w destinations: GQA heads are replicated when w > num_kv_heads, as under TP); after it,
+        its tokens' attention output (q_size)."""
+        if width <= 1:
+            return 0.0
+        m = self.model
+        kv_local = math.ceil(m.num_kv_heads / width) * m.head_dim_
+        qkv_bytes = local_tokens * (m.q_size + 2 * width * kv_local) * m.dtype_bytes
+        out_bytes = local_tokens * m.q_size * m.dtype_bytes
+        return m.num_layers * (self.alltoall_time_s(qkv_bytes, width) + self.alltoall_time_s(out_bytes, width))
+
+    def _sp_tokens_part_s(self, width: int, num_tokens: int) -> float:
+        """SP mode's (width, num_tokens) part: the full-weight layers, small ops and step overhead on
+        the local ceil(T/w) tokens (= TP's width-1 part, cached there) plus the all-to-alls."""
+        key = (width, num_tokens)
+        t = self._sp_tokens_s.get(key)
+        if t is None:
+            local = _sp_local(num_tokens, width)
+            t = self._tokens_part_s(1, local) + self._sp_alltoalls_s(width, local)
+            self._sp_tokens_s[key] = t
+        return t
+
+    def _sp_step_s(self, width: int, num_tokens: int, num_logits: int, attn_pairs, kv_tokens_read):
+        """SP mode's one formula (attention inputs may be numpy arrays). At width 1 it adds the same
+        terms in the same order as ``_step_s`` (plus 0.0), so it equals it bit for bit."""
+        return (self._sp_tokens_part_s(width, num_tokens)
+                + self._logits_part_s(1, _sp_local(num_logits, width))) \
+            + self._attention_s(width, attn_pairs, kv_tokens_read)
+
+    def sp_step_time_s(self, shape: StepShape) -> float:
+        """Price ``shape`` in Shift-Parallelism's SP (Ulysses) mode over ``shape.tp_gpus`` GPUs.
+
+        Each GPU runs the linear layers on ceil(T/w) tokens with the FULL weights (it streams all
+        the weights every step, which is why SP pays off only for large batches), attention on all
+        T tokens for 1/w of the heads (TP's attention term), and two all-to-alls per layer instead
+        of TP's two all-reduces. Equals ``step_time_s`` at w = 1."""
+        if shape.num_tokens == 0:
+            return 0.0
+        if shape.tp_gpus < 1:
+            raise ValueError(f"tp_gpus={shape.tp_gpus} must be >= 1")
+        return float(self._sp_step_s(shape.tp_gpus, shape.num_tokens, shape.num_logits,
+                                     shape.attn_pairs, shape.kv_tokens_read))
+
+    def shift_step_time_s(self, shape: StepShape, threshold_tokens: int) -> float:
+        """Shift-Parallelism's per-step rule: TP when the step batches fewer than
+        ``threshold_tokens`` tokens, SP otherwise (Arctic Inference's shift threshold)."""
+        if shape.num_tokens < threshold_tokens:
+            return self.step_time_s(shape)
+        return self.sp_step_time_s(shape)
+
+    def sp_decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int) -> np.ndarray:
+        """``decode_run_times_s`` in SP mode: bit-identical to calling ``sp_step_time_s`` k times."""
+        if batch == 0 or k <= 0:
+            return np.zeros(max(k, 0), dtype=np.float64)
+        if tp_gpus < 1:
+            raise ValueError(f"tp_gpus={tp_gpus} must be >= 1")
+        kv = kv_tokens_read + batch * np.arange(k, dtype=np.int64)
+        return np.asarray(self._sp_step_s(tp_gpus, batch, batch, kv, kv), dtype=np.float64)
+
+    def shift_decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int,
+                                 threshold_tokens: int) -> np.ndarray:
+        """k decode steps under the per-step rule. A run's batch (its tokens) is constant, so the
+        whole run is in one mode: bit-identical to calling ``shift_step_time_s`` k times."""
+        if batch < threshold_tokens:
+            return self.decode_run_times_s(tp_gpus, batch, kv_tokens_read, k)
+        return self.sp_decode_run_times_s(tp_gpus, batch, kv_tokens_read, k)
+
+    @staticmethod
+    def shift_extra_weight_bytes_per_gpu(model: ModelSpec, width: int) -> int:
+        """See the module function of the same name."""
+        return shift_extra_weight_bytes_per_gpu(model, width)
+
+
+# --- Shift-Parallelism helpers -----------------------------------------------------------------
+def alltoall_time_s(message_bytes, width: int, alpha_s, bus_bytes_per_s):
+    """All-to-all cost α + (w−1)/w · S/B_bus; 0 at width 1. ``message_bytes`` S is one GPU's buffer
+    (nccl-tests' convention): it keeps 1/w of it and sends (w−1)/w to the others, all at once."""
+    if width <= 1:
+        return 0.0
+    return alpha_s + (width - 1) / width * message_bytes / bus_bytes_per_s
+
+
+def _sp_local(count: int, width: int) -> int:
+    """One GPU's share of ``count`` tokens (or logits) in SP mode; Ulysses pads to a multiple of w."""
+    return -(-count // width)
+
+
+def shift_weight_bytes_per_gpu(model: ModelSpec, width: int) -> int:
+    """Weights one GPU holds under Shift-Parallelism at width w: the full weights (SP mode) plus the
+    1/w TP shard (TP mode) as a second copy. At w = 1 the two modes are one and the same copy."""
+    if width < 1:
+        raise ValueError(f"width={width} must be >= 1")
+    if width == 1:
+        return model.weight_bytes
+    return model.weight_bytes + math.ceil(model.weight_bytes / width)
+
+
+def shift_extra_weight_bytes_per_gpu(model: ModelSpec, width: int) -> int:
+    """Bytes per GPU that Shift-Parallelism's second weight copy costs over plain TP at width w,
+    which holds the 1/w shard (``weight_bytes / w``, as ``policies.specs.kv_blocks_per_gpu`` charges
+    it): the full weights, ``model.weight_bytes``, for w > 1; 0 at w = 1. Subtract it from a GPU's
+    free memory (before dividing by the block bytes) to size a Shift-Parallelism group's KV pool."""
+    plain_tp = model.weight_bytes if width == 1 else math.ceil(model.weight_bytes / width)
+    return shift_weight_bytes_per_gpu(model, width) - plain_tp

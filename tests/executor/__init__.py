@@ -1,0 +1,1 @@
+"""Executor tests: CPU float32, tiny models written by ``transformers`` into tmp dirs."""
