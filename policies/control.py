@@ -80,7 +80,7 @@ class ControlPlane:
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, memory: MemoryConfig,
                  scheduler_config: SchedulerConfig, policy: Policy,
                  switch_config: SwitchConfig | None = None, listener: Listener | None = None,
-                 dynamic: bool = False) -> None:
+                 dynamic: bool = False, cost_model=None) -> None:
         self.model, self.cluster, self.memory = model, cluster, memory
         self.scheduler_config = scheduler_config
         self.policy = policy
@@ -109,6 +109,10 @@ class ControlPlane:
         self.last_switch_done_s = 0.0
         self.num_unfinished = 0
         self._pending_roles: dict[Group, str] = {}
+        self.cost_model = cost_model  # handed to policies that predict (StepCostModel)
+        self.arrivals_total = 0
+        self._mean_prompt_tokens = 0.0
+        self._mean_output_tokens = 0.0
 
     # --- start-up ------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,6 +161,7 @@ class ControlPlane:
 
     def admit(self, request: Request, now_s: float) -> None:
         self.requests.append(request)
+        self._note_arrival(request)
         reason = self._never_servable(request)
         if reason is not None:
             request.status = RequestStatus.REJECTED
@@ -167,6 +172,12 @@ class ControlPlane:
             self.held.append(request)
             self._wake_prerunners()
         self.decide(now_s)
+
+    def _note_arrival(self, request: Request) -> None:
+        self.arrivals_total += 1
+        w = 0.02 if self.arrivals_total > 1 else 1.0  # ~50-request memory
+        self._mean_prompt_tokens += w * (request.prompt_tokens - self._mean_prompt_tokens)
+        self._mean_output_tokens += w * (request.output_tokens - self._mean_output_tokens)
 
     def _never_servable(self, request: Request) -> str | None:
         total = request.prompt_tokens + request.output_tokens
@@ -222,7 +233,9 @@ class ControlPlane:
             widest = max(widest, self.engines_needed(r))
         return NodeView(now_s, self.num_engines, self.layout, groups, self.pending is not None,
                         len(self.held), widest, sum(r.request_class == "priority" for r in self.held),
-                        sum(len(v) for v in self.paused.values()), self.last_switch_done_s)
+                        sum(len(v) for v in self.paused.values()), self.last_switch_done_s,
+                        self.arrivals_total, self._mean_prompt_tokens, self._mean_output_tokens,
+                        self.cost_model)
 
     def engines_needed(self, request: Request) -> int:
         """Narrowest aligned group width (engines) whose pool can hold ``request``."""

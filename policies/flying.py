@@ -6,8 +6,9 @@ In order of precedence:
 2. priority requests and no group formed for them -> form a priority TP group by
    ``priority_strategy`` (hard preempt in the paper), the other engines stay DP;
 3. a class group with none of its class left -> split it back to DP;
-4. load: all-DP and load below ``low_load_per_engine`` for ``dwell_s`` -> merge to TP;
-   TP groups for general traffic and load above ``high_load_per_engine`` -> split to DP.
+4. load: all-DP and outstanding requests per engine below ``low_load_per_engine`` for
+   ``dwell_s`` -> merge to TP; general TP groups and a backlog above
+   ``high_queue_per_engine`` queued requests per engine -> split to DP.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ class FlyingPolicy:
         for name in ("merge_strategy", "priority_strategy"):
             if getattr(self.rules, name) not in MERGE_STRATEGIES:
                 raise ValueError(f"policy.flying.{name} must be one of {MERGE_STRATEGIES}")
-        if self.rules.low_load_per_engine >= self.rules.high_load_per_engine:
-            raise ValueError("policy.flying.low_load_per_engine must be below high_load_per_engine")
+        if self.rules.low_load_per_engine <= 0 or self.rules.high_queue_per_engine <= 0:
+            raise ValueError("policy.flying load thresholds must be positive")
         self._low_since: float | None = None
+        self._backlog_since: float | None = None
 
     def initial_layout(self, num_engines: int) -> Layout:
         return Layout.static_dp(num_engines)
@@ -89,9 +91,16 @@ class FlyingPolicy:
             return None
         self._low_since = None
         general_tp = any(g.group.num_engines > 1 and g.role == "any" for g in view.groups)
-        if general_tp and per_engine > self.rules.high_load_per_engine:
-            return self._split(view, f"high load: {per_engine:.2f} requests per engine")
-        return None
+        queued = (sum(g.waiting for g in view.groups) + view.held_requests) / view.num_engines
+        if not (general_tp and queued > self.rules.high_queue_per_engine):
+            self._backlog_since = None
+            return None
+        if self._backlog_since is None:
+            self._backlog_since = view.now_s
+        if view.now_s - self._backlog_since < self.rules.split_dwell_s:
+            return None
+        self._backlog_since = None
+        return self._split(view, f"backlog: {queued:.2f} queued requests per engine")
 
 
 def _pow2_at_least(n: int) -> int:

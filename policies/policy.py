@@ -14,21 +14,37 @@ from typing import Protocol, Sequence
 
 from policies.layout import Group, Layout
 
-POLICY_KINDS = ("static_dp", "static_tp", "static_mixed", "flying")
+POLICY_KINDS = ("static_dp", "static_tp", "static_mixed", "flying", "slo_aware")
 
 
 @dataclass
 class FlyingRules:
-    """The paper's reactive rules (thresholds are outstanding requests per engine)."""
+    """The paper's reactive rules. A backlog (queued requests, not yet running) signals a
+    burst; the outstanding count (queued + running) signals how busy the node is."""
 
-    high_load_per_engine: float = 6.0  # above: go DP (throughput) for normal traffic
-    low_load_per_engine: float = 1.0  # below, for ``dwell_s``: go TP (latency)
+    high_queue_per_engine: float = 2.0  # backlog above this: go DP (throughput)
+    low_load_per_engine: float = 8.0  # outstanding below this for ``dwell_s``: go TP (latency)
     low_load_engines_per_group: int = 0  # group width at low load; 0 = the whole node
     priority_engines_per_group: int = 0  # TP group formed for priority requests; 0 = whole node
     merge_strategy: str = "sequential"  # load-driven merges
     priority_strategy: str = "hard"  # merges for priority / long-context requests
-    dwell_s: float = 5.0  # hysteresis: a load-driven switch needs the condition this long
+    dwell_s: float = 5.0  # hysteresis: a load-driven merge needs low load this long
+    split_dwell_s: float = 1.0  # and a split a backlog this long (a merge's own held backlog
+    #                             clears within this; a burst's does not)
     min_interval_s: float = 2.0  # no load-driven switch sooner than this after the last
+
+
+@dataclass
+class SloAwareRules:
+    """Our policy: pick the uniform layout with the best predicted SLO attainment."""
+
+    ttft_slo_s: float = 2.0  # targets the prediction scores against (normal traffic)
+    tpot_slo_s: float = 0.1
+    improvement: float = 0.05  # hysteresis: switch only for this much predicted gain,
+    confirmations: int = 3  # seen at this many consecutive evaluations (one per second)
+    min_interval_s: float = 10.0  # and no sooner than this after the last switch
+    arrival_window_s: float = 10.0  # time constant of the arrival-rate estimate
+    merge_strategy: str = "sequential"
 
 
 @dataclass
@@ -40,6 +56,7 @@ class PolicyConfig:
     # width). False: a TP group shards weights over its GPUs like a plain vLLM deployment.
     weights_resident_per_engine: bool = False
     flying: FlyingRules = field(default_factory=FlyingRules)
+    slo_aware: SloAwareRules = field(default_factory=SloAwareRules)
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
@@ -74,6 +91,10 @@ class NodeView:
     held_priority: int
     paused_requests: int
     last_switch_done_s: float
+    arrivals_total: int = 0
+    mean_prompt_tokens: float = 0.0  # of recent arrivals (exponentially weighted)
+    mean_output_tokens: float = 0.0
+    cost_model: "StepCostModel | None" = None
 
     @property
     def outstanding(self) -> int:
@@ -86,6 +107,12 @@ class Decision:
     strategy: str
     reason: str
     roles: dict[Group, str] = field(default_factory=dict)  # routing roles of new groups
+
+
+class StepCostModel(Protocol):
+    """Step time of a plan shape: the backend's predictor (sim) or profile (executor)."""
+
+    def step_time_s(self, shape) -> float: ...
 
 
 class Policy(Protocol):
@@ -117,4 +144,7 @@ def make_policy(config: PolicyConfig) -> Policy:
     if config.kind == "flying":
         from policies.flying import FlyingPolicy
         return FlyingPolicy(config)
+    if config.kind == "slo_aware":
+        from policies.slo_aware import SloAwarePolicy
+        return SloAwarePolicy(config)
     return StaticPolicy(config)

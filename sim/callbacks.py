@@ -22,7 +22,7 @@ class CompareRuns(Callback):
         if not rows:
             print(f"no job in {sweep_dir} wrote a summary.json")
             return
-        table = compare_runs(rows)
+        table = with_relative_throughput(compare_runs(rows))
         table.to_csv(sweep_dir / "comparison.csv", index=False)
         print(f"\ncomparison of {len(rows)} runs ({sweep_dir / 'comparison.csv'}):")
         print(format_comparison(table))
@@ -30,3 +30,14 @@ class CompareRuns(Callback):
 
 def _job_num(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def with_relative_throughput(table):
+    """Throughput of each run over static DP's in the same sweep (same trace), when present."""
+    if "policy" not in table or "output_tokens_per_s" not in table:
+        return table
+    base = table[table.policy == "static_dp"]
+    if len(base) == 1:
+        table["throughput_vs_static_dp"] = table.output_tokens_per_s / float(
+            base.output_tokens_per_s.iloc[0])
+    return table

@@ -49,7 +49,8 @@ class SimNode:
         self.samples: list[dict] = []
         self._arrivals_done = False
         self.control = ControlPlane(model, cluster, memory, scheduler_config, policy,
-                                    switch_config, listener=self, dynamic=dynamic)
+                                    switch_config, listener=self, dynamic=dynamic,
+                                    cost_model=predictor)
         self.control.start()
 
     # --- Listener ------------------------------------------------------------------------

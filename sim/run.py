@@ -69,6 +69,10 @@ def write_outputs(cfg: SimConfig, result: NodeResult, wall_s: float, out_dir: Pa
     summary = summarize(requests)
     meta = run_metadata(cfg, result, wall_s, choices)
     doc = {"run": meta, "metrics": summary_dict(summary)}  # analysis.load reads this shape
+    burst = burst_window_s(cfg)
+    if burst is not None:  # the requests that arrive during the burst, as their own scope
+        in_burst = requests[requests.arrival_s.between(*burst, inclusive="left")]
+        doc["metrics"]["burst"] = summary_dict(summarize(in_burst)).get("all", {})
     (out_dir / "summary.json").write_text(json.dumps(doc, indent=2))
     if cfg.output.plots:
         from analysis.plots import plot_latency_cdfs, plot_timeseries
@@ -89,6 +93,14 @@ def write_outputs(cfg: SimConfig, result: NodeResult, wall_s: float, out_dir: Pa
             print("warning: the run stalled with requests unfinished (see status 'unfinished')")
         print(f"outputs: {out_dir}")
     return doc
+
+
+def burst_window_s(cfg: SimConfig) -> tuple[float, float] | None:
+    t = cfg.trace
+    if t.source != "bursty":
+        return None
+    return (t.burst_start_frac * t.duration_s / t.rate_scale,
+            t.burst_end_frac * t.duration_s / t.rate_scale)
 
 
 def run_metadata(cfg: SimConfig, result: NodeResult, wall_s: float,

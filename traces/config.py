@@ -45,6 +45,11 @@ class LengthConfig:
     output_tokens_max: Optional[int] = None
     cv: float = 1.0  # lognormal coefficient of variation
     source: str = "azure"  # kind=trace: resample (prompt, output) pairs from this real trace
+    # A long-context mix: this share of requests gets a prompt drawn uniformly from
+    # [long_prompt_tokens, long_prompt_tokens_max] instead.
+    long_fraction: float = 0.0
+    long_prompt_tokens: int = 131072
+    long_prompt_tokens_max: Optional[int] = None
 
 
 @dataclass

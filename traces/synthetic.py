@@ -86,11 +86,21 @@ def sample_lengths(cfg: TraceConfig, n: int, rng: np.random.Generator) -> tuple[
         # hash_ids are not carried over: repeated draws would fake prefix sharing.
         real = load_real(lengths.source, cfg.file, cfg.data_dir)
         picks = rng.integers(0, len(real), size=n)
-        return real.prompt_tokens[picks], real.output_tokens[picks]
-    return (
-        _sample_one(lengths, lengths.prompt_tokens, lengths.prompt_tokens_max, n, rng),
-        _sample_one(lengths, lengths.output_tokens, lengths.output_tokens_max, n, rng),
-    )
+        prompt, output = real.prompt_tokens[picks], real.output_tokens[picks]
+    else:
+        prompt = _sample_one(lengths, lengths.prompt_tokens, lengths.prompt_tokens_max, n, rng)
+        output = _sample_one(lengths, lengths.output_tokens, lengths.output_tokens_max, n, rng)
+    if lengths.long_fraction > 0:
+        prompt = _mix_long(lengths, prompt, rng)
+    return prompt, output
+
+
+def _mix_long(lengths: LengthConfig, prompt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Replace a ``long_fraction`` share of prompts by long ones (a long-context mix)."""
+    long = rng.random(len(prompt)) < lengths.long_fraction
+    high = lengths.long_prompt_tokens_max or lengths.long_prompt_tokens
+    drawn = rng.integers(lengths.long_prompt_tokens, high, size=len(prompt), endpoint=True)
+    return np.where(long, drawn, prompt).astype(np.int64)
 
 
 def _sample_one(

@@ -102,6 +102,11 @@ def _length_problems(cfg: TraceConfig) -> list[str]:
         )
     if lengths.cv <= 0:
         problems.append(f"lengths.cv must be > 0, got {lengths.cv}")
+    if not 0.0 <= lengths.long_fraction <= 1.0:
+        problems.append(f"lengths.long_fraction must be in [0, 1], got {lengths.long_fraction}")
+    if lengths.long_prompt_tokens < 1 or (lengths.long_prompt_tokens_max is not None and
+                                          lengths.long_prompt_tokens_max < lengths.long_prompt_tokens):
+        problems.append("lengths.long_prompt_tokens must be >= 1 and <= long_prompt_tokens_max")
     for which in ("prompt_tokens", "output_tokens"):
         low, high = getattr(lengths, which), getattr(lengths, f"{which}_max")
         if low < 1:

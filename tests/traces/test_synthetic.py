@@ -105,3 +105,22 @@ def test_trace_lengths_resample_real_pairs(azure_dir):
     pairs = {(r.prompt_tokens, r.output_tokens) for r in reqs}
     assert pairs == {(374, 44), (396, 109), (879, 55), (91, 16)}
     assert all(r.hash_ids is None for r in reqs)
+
+
+def test_long_context_mix_replaces_a_share_of_prompts():
+    from traces import load_trace
+    cfg = {"name": "p", "source": "poisson", "rate_rps": 50.0, "duration_s": 200.0,
+           "lengths": {"kind": "fixed", "prompt_tokens": 100, "output_tokens": 10,
+                       "long_fraction": 0.1, "long_prompt_tokens": 500_000,
+                       "long_prompt_tokens_max": 900_000}}
+    specs = load_trace(cfg)
+    long = [s.prompt_tokens for s in specs if s.prompt_tokens != 100]
+    assert 0.08 < len(long) / len(specs) < 0.12
+    assert all(500_000 <= p <= 900_000 for p in long)
+
+
+def test_long_context_mix_is_validated():
+    import pytest
+    from traces import TraceError, load_trace
+    with pytest.raises(TraceError, match="long_fraction"):
+        load_trace({"name": "p", "source": "poisson", "lengths": {"long_fraction": 1.5}})
