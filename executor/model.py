@@ -226,7 +226,10 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig, *, max_tp_width: int = 1,
                  dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        check_divisible("num_kv_heads", config.num_kv_heads, max_tp_width)
+        check_divisible("num_kv_heads", config.num_kv_heads, max_tp_width,
+                        " (KV heads are sharded, never replicated: at width p a rank holds "
+                        "exactly 1/p of them, which the KV block arithmetic B(p) = p * B_base "
+                        "relies on)")
         check_divisible("num_heads", config.num_heads, max_tp_width)
         check_divisible("intermediate_size", config.intermediate_size, max_tp_width)
         self.config = config

@@ -49,11 +49,10 @@ def check_width(rank: int, width: int, max_tp_width: int) -> None:
         raise ValueError(f"rank {rank} is outside a group of width {width}")
 
 
-def check_divisible(what: str, size: int, max_tp_width: int) -> None:
+def check_divisible(what: str, size: int, max_tp_width: int, why: str = "") -> None:
     if size % max_tp_width:
         raise ValueError(f"{what}={size} is not divisible by max_tp_width={max_tp_width}; "
-                         f"the largest usable max_tp_width divides it (KV heads are sharded, "
-                         f"never replicated)")
+                         f"choose a max_tp_width that divides it{why}")
 
 
 def _resident(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str,
@@ -171,7 +170,9 @@ class FusedColumnParallelLinear(TensorParallelModule):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = F.linear(x, self.active_weight, self.active_bias)
-        blocks = out.unflatten(-1, (-1, self.block_rows))  # [..., blocks of this shard, block]
+        # [..., blocks of this shard, block]. Gathering a piece from several blocks copies
+        # activations (small), never weights; with one block per shard it is a view.
+        blocks = out.unflatten(-1, (-1, self.block_rows))
         return tuple(
             blocks[..., off:off + self.block_piece_rows[sid]].flatten(-2)
             for sid, off in self.block_offsets.items())

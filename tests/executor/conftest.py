@@ -1,7 +1,9 @@
 import pytest
 
 pytest.importorskip("torch", reason="executor tests need torch (pip install -e '.[executor]')")
-pytest.importorskip("transformers", reason="executor tests need transformers and safetensors")
+# transformers >= 5: the tests write configs with ``rope_parameters`` (its config format).
+pytest.importorskip("transformers", minversion="5.0",
+                    reason="executor tests need transformers>=5 and safetensors")
 pytest.importorskip("safetensors", reason="executor tests need transformers and safetensors")
 
 from tests.executor.helpers import make_hf_model, save_hf  # noqa: E402

@@ -92,5 +92,7 @@ def test_dummy_weights_are_seeded_and_independent_of_the_tp_layout(tiny_llama_di
     b = dummy_model(config, seed=3, max_tp_width=2)
     apply_tensor_parallel(b, 0, 1)
     x = torch.randn(3, config.hidden_size)
-    for qa, qb in zip(a.model.layers[0].self_attn.qkv_proj(x), b.model.layers[0].self_attn.qkv_proj(x)):
+    pieces_a = a.model.layers[0].self_attn.qkv_proj(x)
+    pieces_b = b.model.layers[0].self_attn.qkv_proj(x)
+    for qa, qb in zip(pieces_a, pieces_b):
         torch.testing.assert_close(qa, qb)
