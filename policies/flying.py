@@ -29,6 +29,7 @@ class FlyingPolicy:
             raise ValueError("policy.flying load thresholds must be positive")
         self._low_since: float | None = None
         self._backlog_since: float | None = None
+        self._class_idle_since: float | None = None
 
     def initial_layout(self, num_engines: int) -> Layout:
         return Layout.static_dp(num_engines)
@@ -65,12 +66,22 @@ class FlyingPolicy:
                                   f"{waiting_priority} priority request(s) outstanding")
 
     def _release(self, view: NodeView) -> Decision | None:
+        idle = None
         for g in view.groups:
             if g.role == "priority" and g.priority_outstanding == 0 and view.held_priority == 0:
-                return self._split(view, "priority group idle")
+                idle = "priority group idle"
             if g.role == "long_context" and g.outstanding == 0 and view.held_needs_engines <= 1:
-                return self._split(view, "long-context group idle")
-        return None
+                idle = "long-context group idle"
+        if idle is None:
+            self._class_idle_since = None
+            return None
+        if self._class_idle_since is None:
+            self._class_idle_since = view.now_s
+        recent = view.now_s - view.last_switch_done_s < self.rules.min_interval_s
+        if view.now_s - self._class_idle_since < self.rules.class_idle_s or recent:
+            return None  # more of its class may come soon: do not churn
+        self._class_idle_since = None
+        return self._split(view, idle)
 
     def _split(self, view: NodeView, why: str) -> Decision:
         return Decision(Layout.static_dp(view.num_engines), self.rules.merge_strategy, why)

@@ -26,6 +26,7 @@ class FlyingRules:
     low_load_per_engine: float = 8.0  # outstanding below this for ``dwell_s``: go TP (latency)
     low_load_engines_per_group: int = 0  # group width at low load; 0 = the whole node
     priority_engines_per_group: int = 0  # TP group formed for priority requests; 0 = whole node
+    class_idle_s: float = 0.0  # keep a priority / long-context group this long after it empties
     merge_strategy: str = "sequential"  # load-driven merges
     priority_strategy: str = "hard"  # merges for priority / long-context requests
     dwell_s: float = 5.0  # hysteresis: a load-driven merge needs low load this long

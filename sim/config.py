@@ -13,6 +13,7 @@ from policies.policy import PolicyConfig
 from policies.scheduler import SchedulerConfig
 from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
 from policies.switch import SwitchConfig
+from sim.objective import ObjectiveConfig
 from sim.predictor import RooflineConfig
 from traces.config import TraceConfig
 
@@ -35,6 +36,7 @@ class SimConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     fast_forward: bool = True
     sample_period_s: float = 1.0

@@ -48,6 +48,7 @@ class SimNode:
         self.retired_tokens: dict[str, int] = {}
         self.samples: list[dict] = []
         self._arrivals_done = False
+        self._quiet_since: float | None = None
         self.control = ControlPlane(model, cluster, memory, scheduler_config, policy,
                                     switch_config, listener=self, dynamic=dynamic,
                                     cost_model=predictor)
@@ -94,13 +95,23 @@ class SimNode:
             self.control.decide(self.env.now)
             if on_tick is not None:
                 on_tick(self.env.now)
-            if self._arrivals_done and (self.control.num_unfinished == 0 or self.stalled()):
-                return
+            if self._arrivals_done and self.control.pending is None and (
+                    self.control.num_unfinished == 0 or self.stalled()):
+                return  # all served (or stuck), and no switch left half done
+
+    STALL_GRACE_S = 600.0  # a policy may wait (dwell, idle timers) before it frees work
 
     def stalled(self) -> bool:
-        """Nothing can move any more (a policy that never frees paused work, say)."""
-        return (self.control.pending is None and
-                not any(e.scheduler.has_work for e in self.engines.values()))
+        """Work is left but nothing has moved for ``STALL_GRACE_S`` simulated seconds (a
+        policy that never frees paused work, say)."""
+        quiet = self.control.pending is None and not any(
+            e.scheduler.has_work for e in self.engines.values())
+        if not quiet:
+            self._quiet_since = None
+            return False
+        if self._quiet_since is None:
+            self._quiet_since = self.env.now
+        return self.env.now - self._quiet_since >= self.STALL_GRACE_S
 
     def sample(self) -> None:
         now = self.env.now

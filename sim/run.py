@@ -20,6 +20,7 @@ from policies.policy import make_policy
 from policies.records import RECORD_COLUMNS, SWITCH_COLUMNS
 from sim.config import ConfigError, SimConfig, load_config, register_schema, trace_options
 from sim.node import NodeResult, SimNode
+from sim.objective import objective_value
 from sim.predictor import RooflinePredictor
 from traces import TraceError, load_trace
 
@@ -147,8 +148,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     doc = write_outputs(typed, result, wall_s, Path(hc.runtime.output_dir),
                         dict(hc.runtime.choices))
-    # The objective an Optuna sweep maximises by default: overall SLO attainment.
-    return doc["metrics"]["all"].get("slo_attainment")
+    # The objective a sweeper optimises (conf: objective.*); default: overall SLO attainment,
+    # 0.0 when no request has an SLO (a sweeper needs a number). See docs/sweeps.md.
+    return objective_value(typed.objective, doc["metrics"])
 
 
 def _chooses_trace(argv: list[str]) -> bool:

@@ -1,17 +1,13 @@
+"""Session fixtures: the tiny Llama written once per run. Torch-free at import, so a run
+without the executor extra skips these tests (see requirements.py) instead of failing."""
 import pytest
-
-pytest.importorskip("torch", reason="executor tests need torch (pip install -e '.[executor]')")
-# transformers >= 5: the tests write configs with ``rope_parameters`` (its config format).
-pytest.importorskip("transformers", minversion="5.0",
-                    reason="executor tests need transformers>=5 and safetensors")
-pytest.importorskip("safetensors", reason="executor tests need transformers and safetensors")
-
-from tests.executor.helpers import make_hf_model, save_hf  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """(HF model, folder with one model.safetensors) of the tiny Llama."""
+    from tests.executor.helpers import make_hf_model, save_hf
+
     model = make_hf_model("llama")
     return model, save_hf(model, tmp_path_factory.mktemp("tiny_llama"))
 
@@ -23,5 +19,7 @@ def tiny_llama_dir(tiny_llama):
 
 @pytest.fixture(scope="session")
 def tiny_llama_sharded_dir(tiny_llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama_sharded")
-    return save_hf(tiny_llama[0], folder, max_shard_size="60KB")
+    from tests.executor.helpers import save_hf
+
+    return save_hf(tiny_llama[0], tmp_path_factory.mktemp("tiny_llama_sharded"),
+                   max_shard_size="60KB")

@@ -1,4 +1,6 @@
 """Paged attention over scattered blocks equals dense causal attention per sequence."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import torch
 
 from executor.attention import build_attention_metadata, paged_attention, write_kv

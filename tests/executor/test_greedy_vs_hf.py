@@ -1,4 +1,6 @@
 """Greedy tokens of our engine (paged KV, block size 4, batched) equal transformers'."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import pytest
 import torch
 

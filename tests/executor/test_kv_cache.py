@@ -1,4 +1,6 @@
 """The KV Cache Adaptor: one fixed-byte pool, re-viewed per width without copying."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import pytest
 import torch
 

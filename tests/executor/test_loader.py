@@ -1,4 +1,6 @@
 """Loading HF folders (single file and sharded), dummy weights, and clear errors."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import json
 import shutil
 

@@ -1,4 +1,6 @@
 """config.json parsing: the four families, both RoPE formats, clear errors."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import json
 
 import pytest

@@ -1,4 +1,6 @@
 """The Model Weights Manager: shards are contiguous zero-copy views at every width."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import pytest
 import torch
 

@@ -1,4 +1,6 @@
 """Sampling: greedy, top-k, top-p, temperature, per-request seeds, validation."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import pytest
 import torch
 

@@ -1,4 +1,6 @@
 """build_step_input turns the control plane's plan into what a worker executes."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import pytest
 
 from executor.sampling_params import SamplingParams

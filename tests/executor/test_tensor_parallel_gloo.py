@@ -1,4 +1,6 @@
 """TP=2 over two gloo ranks on 127.0.0.1 matches TP=1, and switching is views only."""
+from tests.executor import requirements  # noqa: F401, I001  (first: skips without torch)
+
 import socket
 import time
 
