@@ -80,7 +80,8 @@ class ControlPlane:
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, memory: MemoryConfig,
                  scheduler_config: SchedulerConfig, policy: Policy,
                  switch_config: SwitchConfig | None = None, listener: Listener | None = None,
-                 dynamic: bool = False, cost_model=None) -> None:
+                 dynamic: bool = False, cost_model=None,
+                 extra_weight_bytes_per_gpu: float = 0.0) -> None:
         self.model, self.cluster, self.memory = model, cluster, memory
         self.scheduler_config = scheduler_config
         self.policy = policy
@@ -110,6 +111,7 @@ class ControlPlane:
         self.num_unfinished = 0
         self._pending_roles: dict[Group, str] = {}
         self.cost_model = cost_model  # handed to policies that predict (StepCostModel)
+        self.extra_weight_bytes_per_gpu = extra_weight_bytes_per_gpu
         self.arrivals_total = 0
         self._mean_prompt_tokens = 0.0
         self._mean_output_tokens = 0.0
@@ -128,7 +130,8 @@ class ControlPlane:
     def blocks_per_engine(self, group: Group) -> int:
         tp_gpus = group.num_engines * self.cluster.gpus_per_engine
         shards = self.cluster.gpus_per_engine if self.resident else tp_gpus
-        return kv_blocks_per_gpu(self.model, self.cluster, self.memory, shards)
+        return kv_blocks_per_gpu(self.model, self.cluster, self.memory, shards,
+                                 self.extra_weight_bytes_per_gpu)
 
     def _form_group(self, group: Group, role: str) -> GroupRuntime:
         reserved: set[int] = set()

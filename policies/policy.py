@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 
 from policies.layout import Group, Layout
 
-POLICY_KINDS = ("static_dp", "static_tp", "static_mixed", "flying", "slo_aware")
+POLICY_KINDS = ("static_dp", "static_tp", "static_mixed", "shift", "flying", "slo_aware")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class FlyingRules:
     low_load_engines_per_group: int = 0  # group width at low load; 0 = the whole node
     priority_engines_per_group: int = 0  # TP group formed for priority requests; 0 = whole node
     class_idle_s: float = 0.0  # keep a priority / long-context group this long after it empties
-    merge_strategy: str = "sequential"  # load-driven merges
+    merge_strategy: str = "soft"  # load-driven merges: drained engines pre-run held work
     priority_strategy: str = "hard"  # merges for priority / long-context requests
     dwell_s: float = 5.0  # hysteresis: a load-driven merge needs low load this long
     split_dwell_s: float = 1.0  # and a split a backlog this long (a merge's own held backlog
@@ -45,7 +45,8 @@ class SloAwareRules:
     confirmations: int = 3  # seen at this many consecutive evaluations (one per second)
     min_interval_s: float = 10.0  # and no sooner than this after the last switch
     arrival_window_s: float = 10.0  # time constant of the arrival-rate estimate
-    merge_strategy: str = "sequential"
+    max_batch: int = 256  # decode batch cap the prediction assumes (scheduler.max_num_seqs)
+    merge_strategy: str = "soft"
 
 
 @dataclass
@@ -56,6 +57,10 @@ class PolicyConfig:
     # True: every engine keeps its full weights (Flying Serving; KV room is the same at any
     # width). False: a TP group shards weights over its GPUs like a plain vLLM deployment.
     weights_resident_per_engine: bool = False
+    # shift (Shift-Parallelism-like): the whole node as one group with an invariant KV layout;
+    # a step with fewer batched tokens than this runs in TP, otherwise in sequence-parallel
+    # mode (full weights, all-to-alls). Its pricing is the backend's.
+    shift_threshold_tokens: int = 1024
     flying: FlyingRules = field(default_factory=FlyingRules)
     slo_aware: SloAwareRules = field(default_factory=SloAwareRules)
 
@@ -133,7 +138,7 @@ class StaticPolicy:
         kind = self.config.kind
         if kind == "static_dp":
             return Layout.static_dp(num_engines)
-        if kind == "static_tp":
+        if kind in ("static_tp", "shift"):
             return Layout.static_tp(num_engines)
         return Layout.uniform(num_engines, self.config.engines_per_group)
 

@@ -11,8 +11,10 @@ The traffic model per group (arrival rate ``lam``, mean prompt P and output D to
   decode step      t_d(b) at batch b with mean context P + D/2
   prefill share    rho_p = lam * t_p  (prefill steps interleave with decodes)
   batch (Little)   b = lam * D * TPOT, with TPOT = t_d(b) / (1 - rho_p), solved by iteration
-  load             rho = rho_p + lam * D * t_d(b) / b;  overloaded when rho >= 1
-  TTFT             t_p * (1 + rho / (2 (1 - rho))) + (queued requests / groups) * t_p
+  overload         rho_p >= 1, or b beyond the batch cap (decode cannot keep up)
+  TTFT             t_p * (1 + rho_p / (2 (1 - rho_p))) + (queued requests / groups) * t_p
+(Decode utilisation is no overload signal: with b from Little's law it is 1 - rho_p by
+construction, since a busier engine simply batches more.)
 """
 from __future__ import annotations
 
@@ -84,12 +86,12 @@ class SloAwarePolicy(FlyingPolicy):
         queued = sum(g.waiting for g in view.groups) + view.held_requests
         ttft_s, tpot_s = self.predict(view.cost_model, tp, self._rate_rps / groups,
                                       view.mean_prompt_tokens, view.mean_output_tokens,
-                                      queued / groups)
+                                      queued / groups, self.slo.max_batch)
         return _attainment(ttft_s / self.slo.ttft_slo_s) * _attainment(tpot_s / self.slo.tpot_slo_s)
 
     @staticmethod
     def predict(cost, tp: int, lam: float, prompt: float, output: float,
-                backlog: float) -> tuple[float, float]:
+                backlog: float, max_batch: int = 256) -> tuple[float, float]:
         p, d = max(1, round(prompt)), max(1.0, output)
         t_p = cost.step_time_s(StepShape(tp, p, 1, 1, p * (p + 1) // 2, p, p))
         ctx = int(prompt + output / 2) + 1
@@ -101,17 +103,16 @@ class SloAwarePolicy(FlyingPolicy):
         if rho_p >= 1.0:
             return math.inf, math.inf
         b = 1
-        for _ in range(20):
-            tpot = t_d(b) / (1.0 - rho_p)
-            nb = max(1, min(1024, math.ceil(lam * d * tpot)))
-            if nb == b:
+        for _ in range(30):
+            nb = max(1, math.ceil(lam * d * t_d(b) / (1.0 - rho_p)))
+            if nb == b or nb > max_batch:
+                b = nb
                 break
             b = nb
+        if b > max_batch:
+            return math.inf, math.inf  # the decode batch outgrows the cap: queues build
         tpot = t_d(b) / (1.0 - rho_p)
-        rho = rho_p + lam * d * t_d(b) / b
-        if rho >= 1.0:
-            return math.inf, tpot
-        ttft = t_p * (1.0 + rho / (2.0 * (1.0 - rho))) + backlog * t_p
+        ttft = t_p * (1.0 + rho_p / (2.0 * (1.0 - rho_p))) + backlog * t_p
         return ttft, tpot
 
 

@@ -143,21 +143,25 @@ def kv_block_bytes_per_gpu(model: ModelSpec, gpus_per_engine: int, block_size_to
 
 
 def kv_blocks_per_gpu(model: ModelSpec, cluster: ClusterSpec, memory: MemoryConfig,
-                      weight_shards: int | None = None) -> int:
+                      weight_shards: int | None = None, extra_weight_bytes: float = 0.0) -> int:
     """Physical KV blocks one GPU can hold.
 
     ``weight_shards`` is how many GPUs share one copy of the weights: ``gpus_per_engine`` when
     every engine keeps its full weights resident (Flying Serving), or the group's GPU count
     for a vLLM-style static TP group that shards weights across all its GPUs.
+    ``extra_weight_bytes`` is weight memory per GPU beyond that (Shift-Parallelism's second,
+    full copy for its sequence-parallel mode).
     """
     shards = weight_shards or cluster.gpus_per_engine
     usable = cluster.gpu.memory_bytes * memory.gpu_memory_utilization
-    weights = model.weight_bytes / shards
+    weights = model.weight_bytes / shards + extra_weight_bytes
     reserve = memory.activation_reserve_gib * GIB
     free = usable - weights - reserve
     if free <= 0:
+        extra = (f", of which {extra_weight_bytes / GIB:.1f} GiB is a second full copy "
+                 "(Shift-Parallelism's SP mode)") if extra_weight_bytes else ""
         raise ValueError(
             f"{model.name} does not fit: {weights / GIB:.1f} GiB of weights per GPU "
-            f"(sharded {shards} ways) + {memory.activation_reserve_gib:.1f} GiB reserve exceed "
-            f"{usable / GIB:.1f} GiB usable on {cluster.gpu.name}; use more GPUs per engine")
+            f"(sharded {shards} ways{extra}) + {memory.activation_reserve_gib:.1f} GiB reserve "
+            f"exceed {usable / GIB:.1f} GiB usable on {cluster.gpu.name}; use more GPUs per engine")
     return int(free // kv_block_bytes_per_gpu(model, cluster.gpus_per_engine, memory.block_size_tokens))

@@ -34,7 +34,8 @@ class SimNode:
                  memory: MemoryConfig, scheduler_config: SchedulerConfig,
                  predictor: StepPredictor, policy: Policy, *,
                  switch_config: SwitchConfig | None = None, dynamic: bool = False,
-                 fast_forward: bool = True, sample_period_s: float = 1.0) -> None:
+                 fast_forward: bool = True, sample_period_s: float = 1.0,
+                 extra_weight_bytes_per_gpu: float = 0.0) -> None:
         if sample_period_s <= 0:
             raise ValueError("sample_period_s must be positive")
         self.env = env
@@ -51,7 +52,8 @@ class SimNode:
         self._quiet_since: float | None = None
         self.control = ControlPlane(model, cluster, memory, scheduler_config, policy,
                                     switch_config, listener=self, dynamic=dynamic,
-                                    cost_model=predictor)
+                                    cost_model=predictor,
+                                    extra_weight_bytes_per_gpu=extra_weight_bytes_per_gpu)
         self.control.start()
 
     # --- Listener ------------------------------------------------------------------------

@@ -382,3 +382,21 @@ def shift_extra_weight_bytes_per_gpu(model: ModelSpec, width: int) -> int:
     free memory (before dividing by the block bytes) to size a Shift-Parallelism group's KV pool."""
     plain_tp = model.weight_bytes if width == 1 else math.ceil(model.weight_bytes / width)
     return shift_weight_bytes_per_gpu(model, width) - plain_tp
+
+
+class ShiftPricer:
+    """Prices every step the Shift-Parallelism way: TP below ``threshold_tokens`` batched
+    tokens, sequence parallelism at or above (the same predictor underneath)."""
+
+    def __init__(self, predictor: RooflinePredictor, threshold_tokens: int) -> None:
+        if threshold_tokens < 1:
+            raise ValueError("policy.shift_threshold_tokens must be >= 1")
+        self.predictor = predictor
+        self.threshold_tokens = threshold_tokens
+
+    def step_time_s(self, shape: StepShape) -> float:
+        return self.predictor.shift_step_time_s(shape, self.threshold_tokens)
+
+    def decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int) -> np.ndarray:
+        return self.predictor.shift_decode_run_times_s(tp_gpus, batch, kv_tokens_read, k,
+                                                       self.threshold_tokens)

@@ -21,7 +21,7 @@ from policies.records import RECORD_COLUMNS, SWITCH_COLUMNS
 from sim.config import ConfigError, SimConfig, load_config, register_schema, trace_options
 from sim.node import NodeResult, SimNode
 from sim.objective import objective_value
-from sim.predictor import RooflinePredictor
+from sim.predictor import RooflinePredictor, ShiftPricer, shift_extra_weight_bytes_per_gpu
 from traces import TraceError, load_trace
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,16 @@ def simulate(cfg: SimConfig, progress: bool = False) -> tuple[NodeResult, float]
     """Load the trace, build the node, run it. Returns the result and the wall time (s)."""
     specs = load_trace(cfg.trace)
     predictor = RooflinePredictor(cfg.model, cfg.cluster.gpu, cfg.predictor)
+    extra_weight_bytes = 0
+    if cfg.policy.kind == "shift":  # SP mode needs a full copy of the weights beside the TP shard
+        extra_weight_bytes = shift_extra_weight_bytes_per_gpu(cfg.model, cfg.cluster.num_gpus)
+        predictor = ShiftPricer(predictor, cfg.policy.shift_threshold_tokens)
     env = simpy.Environment()
     node = SimNode(env, cfg.model, cfg.cluster, cfg.memory, cfg.scheduler, predictor,
                    make_policy(cfg.policy), switch_config=cfg.switch,
-                   dynamic=not cfg.policy.kind.startswith("static"),
-                   fast_forward=cfg.fast_forward, sample_period_s=cfg.sample_period_s)
+                   dynamic=cfg.policy.kind in ("flying", "slo_aware"),
+                   fast_forward=cfg.fast_forward, sample_period_s=cfg.sample_period_s,
+                   extra_weight_bytes_per_gpu=extra_weight_bytes)
     horizon_s = specs[-1].arrival_s if specs else 0.0
     bar = tqdm(total=round(horizon_s), unit="sim s", desc=f"{cfg.trace.name}/{cfg.policy.name}",
                disable=None if progress else True, leave=False)
