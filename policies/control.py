@@ -238,7 +238,7 @@ class ControlPlane:
                         len(self.held), widest, sum(r.request_class == "priority" for r in self.held),
                         sum(len(v) for v in self.paused.values()), self.last_switch_done_s,
                         self.arrivals_total, self._mean_prompt_tokens, self._mean_output_tokens,
-                        self.cost_model)
+                        self.cost_model, tuple(g for g, reqs in self.paused.items() if reqs))
 
     def engines_needed(self, request: Request) -> int:
         """Narrowest aligned group width (engines) whose pool can hold ``request``."""

@@ -6,6 +6,8 @@ In order of precedence:
 2. priority requests and no group formed for them -> form a priority TP group by
    ``priority_strategy`` (hard preempt in the paper), the other engines stay DP;
 3. a class group with none of its class left -> split it back to DP;
+   (every split keeps or re-forms the groups that hold paused work, so it resumes)
+   paused work whose group is gone -> re-form that group once its engines have no queue;
 4. load: all-DP and outstanding requests per engine below ``low_load_per_engine`` for
    ``dwell_s`` -> merge to TP; general TP groups and a backlog above
    ``high_queue_per_engine`` queued requests per engine -> split to DP.
@@ -38,7 +40,7 @@ class FlyingPolicy:
         if view.switching:
             return None
         return (self._long_context(view) or self._priority(view) or self._release(view)
-                or self._load(view))
+                or self._resume(view) or self._load(view))
 
     # --- rules -------------------------------------------------------------------------------
     def _class_layout(self, view: NodeView, engines: int, role: str, why: str) -> Decision:
@@ -49,6 +51,12 @@ class FlyingPolicy:
 
     def _long_context(self, view: NodeView) -> Decision | None:
         widest = max(g.group.num_engines for g in view.groups)
+        # Paused KV reserves its blocks on every engine of a wider group, so the wide group
+        # might not fit the request: resume paused work first. And one long-context episode
+        # at a time: preempting a half-done long prefill to start another one thrashes.
+        if view.paused_groups or any(g.role == "long_context" and g.outstanding
+                                     for g in view.groups):
+            return None
         if view.held_needs_engines > widest:
             return self._class_layout(view, view.held_needs_engines, "long_context",
                                       f"a request needs {view.held_needs_engines} engines of KV")
@@ -84,7 +92,34 @@ class FlyingPolicy:
         return self._split(view, idle)
 
     def _split(self, view: NodeView, why: str) -> Decision:
-        return Decision(Layout.static_dp(view.num_engines), self.rules.merge_strategy, why)
+        return Decision(self._dp_with_paused(view), self.rules.merge_strategy, why)
+
+    @staticmethod
+    def _dp_with_paused(view: NodeView) -> Layout:
+        """DP engines, except the groups holding paused work (oldest first, no overlaps),
+        so that work resumes with its KV where it stopped."""
+        chosen: list[Group] = []
+        for g in view.paused_groups:
+            if all(not set(g.engines) & set(c.engines) for c in chosen):
+                chosen.append(g)
+        covered = {e for g in chosen for e in g.engines}
+        singles = [Group(e, 1) for e in range(view.num_engines) if e not in covered]
+        return Layout(view.num_engines, tuple(sorted(chosen + singles)))
+
+    def _resume(self, view: NodeView) -> Decision | None:
+        missing = [g for g in view.paused_groups if g not in view.layout.groups]
+        if not missing:
+            return None
+        engines = set(missing[0].engines)
+        for g in view.groups:
+            if not set(g.group.engines) & engines:
+                continue
+            if g.waiting or (g.role != "any" and g.outstanding):
+                return None  # a queue, or a class group at work: resume when it is done
+        target = self._dp_with_paused(view)
+        if target == view.layout:
+            return None
+        return Decision(target, "sequential", f"resume paused work on {missing[0].label}")
 
     def _load(self, view: NodeView) -> Decision | None:
         per_engine = view.outstanding / view.num_engines

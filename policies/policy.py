@@ -101,6 +101,7 @@ class NodeView:
     mean_prompt_tokens: float = 0.0  # of recent arrivals (exponentially weighted)
     mean_output_tokens: float = 0.0
     cost_model: "StepCostModel | None" = None
+    paused_groups: tuple = ()  # groups holding paused (hard-preempted) work, oldest first
 
     @property
     def outstanding(self) -> int:

@@ -100,3 +100,33 @@ def test_slo_aware_needs_confirmations_before_switching():
     for i in range(5):
         decisions.append(p.decide(view(dp(), now=100.0 + i, arrivals_total=0, **base)))
     assert decisions[:2] == [None, None] and decisions[2].target == Layout.static_tp(4)
+
+
+def test_paused_work_is_resumed_by_reforming_its_group():
+    p = flying()
+    tp = [gv(0, 0, 4, outstanding=0)]
+    d = p.decide(view(tp, paused_groups=(Group(0, 2), Group(2, 1), Group(0, 1))))
+    # The oldest paused groups that do not overlap come back; e0 (overlapping e0-1) waits.
+    assert d.target == Layout(4, (Group(0, 2), Group(2, 1), Group(3, 1)))
+    assert "resume" in d.reason
+
+
+def test_release_keeps_groups_with_paused_work():
+    groups = [gv(0, 0, 2, role="long_context"), gv(1, 2, 1, 3), gv(2, 3, 1, 3)]
+    d = flying().decide(view(groups, paused_groups=(Group(0, 1),)))
+    assert d.target == Layout.static_dp(4)
+    groups = [gv(0, 0, 4, role="long_context")]
+    d = flying().decide(view(groups, paused_groups=(Group(0, 2),)))
+    assert d.target == Layout(4, (Group(0, 2), Group(2, 1), Group(3, 1)))
+
+
+def test_long_context_waits_for_paused_work_and_busy_long_groups():
+    d = flying().decide(view(dp(), held=1, needs=4, paused_groups=(Group(0, 1),)))
+    assert d is None or "long_context" not in d.roles.values()
+    busy = [gv(0, 0, 2, outstanding=1, role="long_context"), gv(1, 2, 1), gv(2, 3, 1)]
+    assert flying().decide(view(busy, held=1, needs=4)) is None
+
+
+def test_resume_never_cuts_into_a_busy_class_group():
+    busy = [gv(0, 0, 2, outstanding=1, role="long_context"), gv(1, 2, 1), gv(2, 3, 1)]
+    assert flying().decide(view(busy, paused_groups=(Group(0, 1),))) is None

@@ -1,0 +1,39 @@
+"""The executor's run directory, in the simulator's format (``analysis.load_run`` reads both):
+requests.parquet (``policies.records`` columns, backend "executor"), samples.parquet,
+layouts.parquet, switches.parquet and summary.json (run metadata and start-up costs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from policies.records import RECORD_COLUMNS, SWITCH_COLUMNS
+
+if TYPE_CHECKING:
+    from executor.coordinator import Coordinator
+
+SAMPLE_COLUMNS = ["time_s", "group", "tp_gpus", "queued_requests", "running_requests",
+                  "kv_blocks_used", "kv_blocks_total", "output_tokens_total"]
+
+
+def write_run_outputs(out_dir: Path, coordinator: "Coordinator") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    control = coordinator.control
+    rows = [r.record("executor") for r in control.requests]
+    pd.DataFrame(rows, columns=list(RECORD_COLUMNS)).to_parquet(out_dir / "requests.parquet",
+                                                               index=False)
+    pd.DataFrame(coordinator.samples, columns=SAMPLE_COLUMNS).to_parquet(
+        out_dir / "samples.parquet", index=False)
+    pd.DataFrame(control.layouts).to_parquet(out_dir / "layouts.parquet", index=False)
+    pd.DataFrame([s.row() for s in control.switches], columns=SWITCH_COLUMNS).to_parquet(
+        out_dir / "switches.parquet", index=False)
+    cfg, model = coordinator.cfg, coordinator.model
+    run = {"backend": "executor", "model": model.served_name,
+           "policy": cfg.policy_config().kind, "layout": control.describe(control.layout),
+           "num_ranks": cfg.num_ranks, "device": cfg.device, "dtype": model.config.dtype,
+           "num_requests": len(rows), "end_s": coordinator.now(), "failure": coordinator.failure}
+    doc = {"run": run, "startup": coordinator.startup}
+    (out_dir / "summary.json").write_text(json.dumps(doc, indent=2, default=str))
+    return out_dir

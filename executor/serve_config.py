@@ -1,0 +1,237 @@
+"""What ``python -m executor serve`` runs: its settings, the model they name, and the
+control-plane specs that follow.
+
+Checked before any worker starts, so a wrong path or an impossible layout is one clear
+message, not a traceback from a subprocess. One engine is one rank (one GPU, or one CPU
+process); base TP inside an engine (``gpus_per_engine > 1``) is not offered here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from executor.model_config import SUPPORTED_DTYPES, ModelConfig
+from policies.layout import Layout, candidate_groups
+from policies.policy import PolicyConfig, StaticPolicy
+from policies.scheduler import SchedulerConfig
+from policies.specs import GIB, ClusterSpec, GpuSpec, MemoryConfig, ModelSpec, \
+    kv_block_bytes_per_gpu
+
+MODEL_SHAPES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+LAYOUT_POLICIES = {"dp": "static_dp", "tp": "static_tp", "mixed": "static_mixed"}
+BYTE_TOKENIZER = "bytes"  # --tokenizer bytes: UTF-8 bytes as ids (executor.tokenizer)
+API_KEY_ENV = "FLYING_API_KEY"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+DIVIDED_DIMS = ("num_kv_heads", "num_heads", "intermediate_size")  # split across a TP group
+
+
+class ServeConfigError(ValueError):
+    """A setting that cannot be served; the message says which and why."""
+
+
+@dataclass
+class ServeConfig:
+    model: str  # an HF folder, or a named shape from conf/model (dummy weights)
+    layout: str = "dp"  # dp | tp | mixed
+    num_ranks: int = 1
+    engines_per_group: int = 2  # mixed: ranks per TP group
+    device: str = "cpu"  # cpu (gloo) | cuda (NCCL)
+    dtype: str = "auto"  # auto: the checkpoint's (or the shape's) own
+    tokenizer: str | None = None  # folder, or "bytes"; default: the model folder's own
+    served_model_name: str | None = None
+    max_model_len: int | None = None  # cap below the model's own
+    block_size_tokens: int = 16
+    kv_cache_mib: float = 256.0  # CPU: KV pool per rank
+    gpu_memory_utilization: float = 0.90  # CUDA: share of the GPU the rank may use
+    activation_reserve_gib: float = 2.0  # CUDA: kept free for activations
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+    scheduler_policy: str = "fcfs"  # fcfs | priority
+    threads_per_rank: int | None = None  # CPU: default cores // ranks
+    seed: int = 0  # dummy weights, and the per-step sampling seeds
+    api_key: str | None = None  # default: $FLYING_API_KEY
+    output_dir: str | None = None  # requests.parquet & co. written there on shutdown
+    start_method: str = "forkserver"  # forkserver | spawn
+    startup_timeout_s: float = 600.0
+    step_timeout_s: float = 600.0
+    collective_timeout_s: float = 300.0
+    sample_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+
+    def check(self) -> None:
+        if self.layout not in LAYOUT_POLICIES:
+            raise ServeConfigError(f"--layout must be one of {sorted(LAYOUT_POLICIES)}, got "
+                                   f"{self.layout!r}")
+        if self.num_ranks < 1:
+            raise ServeConfigError(f"--num-ranks must be >= 1, got {self.num_ranks}")
+        if self.device not in ("cpu", "cuda"):
+            raise ServeConfigError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.dtype != "auto" and self.dtype not in SUPPORTED_DTYPES:
+            raise ServeConfigError(f"--dtype must be auto or one of {SUPPORTED_DTYPES}, got "
+                                   f"{self.dtype!r}")
+        positive = ("block_size_tokens", "kv_cache_mib", "max_num_batched_tokens",
+                    "max_num_seqs", "startup_timeout_s", "step_timeout_s",
+                    "collective_timeout_s", "sample_period_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ServeConfigError(f"--{name.replace('_', '-')} must be positive, got "
+                                       f"{getattr(self, name)}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ServeConfigError("--gpu-memory-utilization must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ServeConfigError("--max-model-len must be >= 2")
+        try:
+            SchedulerConfig(policy=self.scheduler_policy)
+        except ValueError as e:
+            raise ServeConfigError(str(e)) from e
+        self.layout_of()  # raises on a layout the ranks cannot form
+
+    # --- layout --------------------------------------------------------------------------
+    def policy_config(self) -> PolicyConfig:
+        # Every rank keeps the full weights resident (shards are views), so a TP group's KV
+        # room per rank is a DP engine's: the control plane must size it that way.
+        return PolicyConfig(name=self.layout, kind=LAYOUT_POLICIES[self.layout],
+                            engines_per_group=self.engines_per_group,
+                            weights_resident_per_engine=True)
+
+    def layout_of(self) -> Layout:
+        try:
+            return StaticPolicy(self.policy_config()).initial_layout(self.num_ranks)
+        except ValueError as e:
+            what = f"--layout {self.layout} with --num-ranks {self.num_ranks}"
+            if self.layout == "mixed":
+                what += f" and --engines-per-group {self.engines_per_group}"
+            raise ServeConfigError(f"{what}: {e}") from e
+
+    @property
+    def max_tp_width(self) -> int:
+        """The widest group the static layout uses."""
+        return max(g.num_engines for g in self.layout_of().groups)
+
+
+# --- the model -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedModel:
+    config: ModelConfig  # the shape, with ``dtype`` the run dtype
+    folder: Path | None  # None: dummy weights
+    checkpoint_dtype: str
+    tokenizer_folder: Path | None  # None: byte tokenizer
+    served_name: str
+    max_model_len: int
+
+    @property
+    def load_dtype(self) -> str | None:
+        """What the worker casts to (None: keep the checkpoint's)."""
+        return None if self.config.dtype == self.checkpoint_dtype else self.config.dtype
+
+
+def resolve_model(cfg: ServeConfig) -> ResolvedModel:
+    path = Path(cfg.model).expanduser()
+    if path.is_dir():
+        config = ModelConfig.from_hf_folder(path)
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise ServeConfigError(f"--model {path}: no {' or '.join(WEIGHT_FILES)} (only "
+                                   f"safetensors checkpoints are supported)")
+        folder = path
+    elif (MODEL_SHAPES_DIR / f"{cfg.model}.yaml").is_file():
+        config = ModelConfig.from_model_spec(_named_shape(cfg.model))
+        folder = None
+    else:
+        shapes = sorted(p.stem for p in MODEL_SHAPES_DIR.glob("*.yaml"))
+        raise ServeConfigError(f"--model {cfg.model!r}: no such folder, and not a named shape "
+                               f"(named shapes, served with dummy weights: {shapes})")
+    checkpoint_dtype = config.dtype
+    dtype = checkpoint_dtype if cfg.dtype == "auto" else cfg.dtype
+    config = dataclasses.replace(config, dtype=dtype)
+    _check_widths(config, cfg)
+    max_len = min(config.max_model_len, cfg.max_model_len or config.max_model_len)
+    return ResolvedModel(config, folder, checkpoint_dtype, _tokenizer_folder(cfg, folder),
+                         cfg.served_model_name or (folder.name if folder else cfg.model), max_len)
+
+
+def _named_shape(name: str) -> ModelSpec:
+    import yaml
+
+    raw = yaml.safe_load((MODEL_SHAPES_DIR / f"{name}.yaml").read_text())
+    try:
+        return ModelSpec(**raw)
+    except TypeError as e:
+        raise ServeConfigError(f"conf/model/{name}.yaml is not a model shape: {e}") from e
+
+
+def _check_widths(config: ModelConfig, cfg: ServeConfig) -> None:
+    width = cfg.max_tp_width
+    for what in DIVIDED_DIMS:
+        if getattr(config, what) % width:
+            raise ServeConfigError(f"--layout {cfg.layout} needs TP width {width}, and the "
+                                   f"model's {what}={getattr(config, what)} is not divisible "
+                                   f"by it (KV heads are sharded, never replicated)")
+
+
+def resident_tp_width(config: ModelConfig, cfg: ServeConfig) -> int:
+    """The width the resident weights are laid out for (their shard views serve its
+    divisors): every candidate group's width when the model divides by all of them, so a
+    later switch needs no reload; else what the static layout needs. The layout costs no
+    memory: it only orders the fused pieces."""
+    widths = {g.num_engines for g in candidate_groups(cfg.num_ranks)}
+    every = math.lcm(*widths)
+    if all(getattr(config, what) % every == 0 for what in DIVIDED_DIMS):
+        return every
+    return cfg.max_tp_width
+
+
+def _tokenizer_folder(cfg: ServeConfig, model_folder: Path | None) -> Path | None:
+    if cfg.tokenizer == BYTE_TOKENIZER:
+        return None
+    if cfg.tokenizer is not None:
+        folder = Path(cfg.tokenizer).expanduser()
+        if not (folder / "tokenizer.json").is_file():
+            raise ServeConfigError(f"--tokenizer {cfg.tokenizer}: no tokenizer.json there")
+        return folder
+    if model_folder is None:
+        return None  # a named shape has no tokenizer of its own
+    if not (model_folder / "tokenizer.json").is_file():
+        raise ServeConfigError(f"{model_folder} has no tokenizer.json; pass --tokenizer FOLDER, "
+                               f"or --tokenizer {BYTE_TOKENIZER} for UTF-8 bytes as token ids")
+    return model_folder
+
+
+# --- control-plane specs -----------------------------------------------------------------------
+def model_spec(model: ResolvedModel) -> ModelSpec:
+    c = model.config
+    return ModelSpec(name=c.name, num_layers=c.num_layers, hidden_size=c.hidden_size,
+                     num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                     intermediate_size=c.intermediate_size, vocab_size=c.vocab_size,
+                     head_dim=c.head_dim, max_model_len=model.max_model_len,
+                     tie_word_embeddings=c.tie_word_embeddings, qkv_bias=c.qkv_bias,
+                     dtype=c.dtype, rope_theta=c.rope.theta)
+
+
+def cluster_and_memory(cfg: ServeConfig, spec: ModelSpec,
+                       device_memory_bytes: int) -> tuple[ClusterSpec, MemoryConfig]:
+    """The node as the control plane sizes KV pools. CUDA: the measured device memory with
+    ``gpu_memory_utilization`` and the activation reserve. CPU: a device whose memory is the
+    weights plus ``kv_cache_mib`` (and half a block, against float rounding), so that the
+    control plane's own arithmetic yields the requested pool."""
+    if cfg.device == "cuda":
+        gpu = GpuSpec("cuda", device_memory_bytes / GIB, 0.0, 0.0, "nccl", 0.0)
+        memory = MemoryConfig(cfg.gpu_memory_utilization, cfg.activation_reserve_gib,
+                              cfg.block_size_tokens)
+    else:
+        block = kv_block_bytes_per_gpu(spec, 1, cfg.block_size_tokens)
+        total = spec.weight_bytes + cfg.kv_cache_mib * 2**20 + block / 2
+        gpu = GpuSpec("cpu", total / GIB, 0.0, 0.0, "gloo", 0.0)
+        memory = MemoryConfig(1.0, 0.0, cfg.block_size_tokens)
+    return ClusterSpec(f"{cfg.device}x{cfg.num_ranks}", gpu, cfg.num_ranks, 1), memory
+
+
+def scheduler_config(cfg: ServeConfig) -> SchedulerConfig:
+    return SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens,
+                           max_num_seqs=cfg.max_num_seqs, enable_chunked_prefill=True,
+                           policy=cfg.scheduler_policy)
