@@ -39,6 +39,7 @@ from policies.control import ControlPlane
 from policies.layout import Group
 from policies.plan import SchedulerOutput
 from policies.policy import StaticPolicy
+from policies.records import sample_row
 from policies.request import Request, RequestStatus
 from traces.spec import RequestSpec
 
@@ -416,13 +417,8 @@ class Coordinator:
             await asyncio.sleep(self.cfg.sample_period_s)
             now = self.now()
             for loop in self.loops.values():
-                s = loop.scheduler
-                self.samples.append({
-                    "time_s": now, "group": loop.label, "tp_gpus": loop.tp_gpus,
-                    "queued_requests": len(s.waiting), "running_requests": len(s.running),
-                    "kv_blocks_used": s.blocks.num_used_blocks,
-                    "kv_blocks_total": s.blocks.num_usable_blocks,
-                    "output_tokens_total": loop.output_tokens_total})
+                self.samples.append(sample_row(now, loop.label, loop.tp_gpus, loop.scheduler,
+                                               loop.output_tokens_total))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

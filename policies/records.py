@@ -37,3 +37,15 @@ SWITCH_COLUMNS = [
     "first_ready_s", "flip_s", "comm_setup_s", "done_s", "paused_requests",
     "preempted_requests", "recomputed_tokens", "prerun_requests", "drain_s", "skew_s",
 ]
+
+
+def sample_row(time_s: float, label: str, tp_gpus: int, scheduler, output_tokens_total: int) -> dict:
+    """One row of ``samples.parquet``: a group's queue, batch and KV use at ``time_s``, and
+    the output tokens it has produced so far (cumulative per group label)."""
+    return {
+        "time_s": time_s, "group": label, "tp_gpus": tp_gpus,
+        "queued_requests": len(scheduler.waiting), "running_requests": len(scheduler.running),
+        "kv_blocks_used": scheduler.blocks.num_used_blocks,
+        "kv_blocks_total": scheduler.blocks.num_usable_blocks,
+        "output_tokens_total": output_tokens_total,
+    }

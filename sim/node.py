@@ -10,6 +10,7 @@ import simpy
 
 from policies.control import ControlPlane
 from policies.policy import Policy
+from policies.records import sample_row
 from policies.request import Request
 from policies.scheduler import SchedulerConfig
 from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
@@ -119,14 +120,8 @@ class SimNode:
         now = self.env.now
         for e in self.engines.values():
             e.sync(now)
-            s = e.scheduler
-            self.samples.append({
-                "time_s": now, "group": e.label, "tp_gpus": e.tp_gpus,
-                "queued_requests": len(s.waiting), "running_requests": len(s.running),
-                "kv_blocks_used": s.blocks.num_used_blocks,
-                "kv_blocks_total": s.blocks.num_usable_blocks,
-                "output_tokens_total": self.retired_tokens.get(e.label, 0) + e.output_tokens_total,
-            })
+            tokens = self.retired_tokens.get(e.label, 0) + e.output_tokens_total
+            self.samples.append(sample_row(now, e.label, e.tp_gpus, e.scheduler, tokens))
 
     # --- driver --------------------------------------------------------------------------
     def run(self, specs: Sequence[RequestSpec], until_s: float | None = None,
