@@ -226,11 +226,11 @@ class ControlPlane:
         groups = []
         for g in self.groups.values():
             s = g.scheduler
-            prio = sum(r.request_class == "priority" for r in s.running) + \
-                sum(r.request_class == "priority" for r in s.waiting)
+            prio_waiting = sum(r.request_class == "priority" for r in s.waiting)
+            prio = prio_waiting + sum(r.request_class == "priority" for r in s.running)
             groups.append(GroupView(g.gid, g.group, g.tp_gpus, s.num_outstanding,
                                     len(s.waiting), len(s.running), prio, g.capacity_tokens,
-                                    g.accepting, g.role))
+                                    g.accepting, g.role, prio_waiting))
         widest = 0
         for r in self.held:
             widest = max(widest, self.engines_needed(r))

@@ -65,8 +65,9 @@ class FlyingPolicy:
     def _priority(self, view: NodeView) -> Decision | None:
         if any(g.role == "priority" for g in view.groups):
             return None
+        # Queued ones only: a priority request already running keeps its place and KV.
         waiting_priority = view.held_priority + sum(
-            g.priority_outstanding for g in view.groups if g.group.num_engines == 1)
+            g.priority_waiting for g in view.groups if g.group.num_engines == 1)
         if waiting_priority == 0:
             return None
         engines = self.rules.priority_engines_per_group or view.num_engines
@@ -114,8 +115,8 @@ class FlyingPolicy:
         for g in view.groups:
             if not set(g.group.engines) & engines:
                 continue
-            if g.waiting or (g.role != "any" and g.outstanding):
-                return None  # a queue, or a class group at work: resume when it is done
+            if g.waiting or g.role != "any":
+                return None  # a queue, or a class group (released only when idle): wait
         target = self._dp_with_paused(view)
         if target == view.layout:
             return None

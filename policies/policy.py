@@ -81,6 +81,7 @@ class GroupView:
     capacity_tokens: int
     accepting: bool
     role: str  # "any" | "priority" | "long_context"
+    priority_waiting: int = 0  # priority requests queued, not yet running
 
 
 @dataclass

@@ -11,8 +11,9 @@ from policies.slo_aware import SloAwarePolicy
 
 
 def gv(gid, first, width, outstanding=0, waiting=0, priority=0, role="any", cap=10**6):
+    # ``priority`` requests count as queued (and outstanding) here.
     return GroupView(gid, Group(first, width), width, outstanding, waiting, outstanding - waiting,
-                     priority, cap, True, role)
+                     priority, cap, True, role, priority)
 
 
 def view(groups, now=100.0, held=0, needs=0, held_priority=0, last_switch=0.0, **kw):
@@ -130,3 +131,10 @@ def test_long_context_waits_for_paused_work_and_busy_long_groups():
 def test_resume_never_cuts_into_a_busy_class_group():
     busy = [gv(0, 0, 2, outstanding=1, role="long_context"), gv(1, 2, 1), gv(2, 3, 1)]
     assert flying().decide(view(busy, paused_groups=(Group(0, 1),))) is None
+
+
+def test_running_priority_work_does_not_form_a_group_and_class_groups_are_not_resumed_through():
+    running = [GroupView(i, Group(i, 1), 1, 2, 0, 2, 1, 10**6, True, "any", 0) for i in range(4)]
+    assert flying(low_load_per_engine=1.0).decide(view(running)) is None
+    idle_prio = [gv(0, 0, 2, role="priority"), gv(1, 2, 1), gv(2, 3, 1)]
+    assert flying(class_idle_s=30.0).decide(view(idle_prio, paused_groups=(Group(0, 1),))) is None
