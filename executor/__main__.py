@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--startup-timeout-s", type=float, default=DEFAULTS.startup_timeout_s)
     add("--step-timeout-s", type=float, default=DEFAULTS.step_timeout_s)
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from executor.profile import add_arguments as add_profile_arguments
+    add_profile_arguments(commands.add_parser(
+        "profile", help="measure step and switch costs on the real workers (for the simulator)",
+        description="Time synthetic steps over a grid (prefill tokens, decode batch, context, "
+                    "TP width) and DP<->TP flips on real workers; write a profile JSON that "
+                    "the simulator's profiled predictor reads (predictor=profiled)."))
     return parser
 
 
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "profile":
+        from executor.profile import main as profile_main
+        return profile_main(args)
     return 2
 
 

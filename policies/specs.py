@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 GIB = 1024**3
 
@@ -133,6 +134,13 @@ class MemoryConfig:
     gpu_memory_utilization: float = 0.90  # vLLM's default share of HBM the engine may use
     activation_reserve_gib: float = 4.0  # activations, CUDA graphs, sampler scratch per GPU
     block_size_tokens: int = 16  # B_base: tokens per block at width 1 (one engine)
+    # A fixed KV pool per GPU instead of the arithmetic above: CPU ranks (a configured
+    # budget) and a simulator replaying an executor run with a known pool.
+    kv_cache_gib: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ValueError(f"memory.kv_cache_gib={self.kv_cache_gib} must be positive")
 
 
 def kv_block_bytes_per_gpu(model: ModelSpec, gpus_per_engine: int, block_size_tokens: int) -> int:
@@ -152,6 +160,9 @@ def kv_blocks_per_gpu(model: ModelSpec, cluster: ClusterSpec, memory: MemoryConf
     ``extra_weight_bytes`` is weight memory per GPU beyond that (Shift-Parallelism's second,
     full copy for its sequence-parallel mode).
     """
+    block_bytes = kv_block_bytes_per_gpu(model, cluster.gpus_per_engine, memory.block_size_tokens)
+    if memory.kv_cache_gib is not None:
+        return int(memory.kv_cache_gib * GIB // block_bytes)
     shards = weight_shards or cluster.gpus_per_engine
     usable = cluster.gpu.memory_bytes * memory.gpu_memory_utilization
     weights = model.weight_bytes / shards + extra_weight_bytes
@@ -164,4 +175,4 @@ def kv_blocks_per_gpu(model: ModelSpec, cluster: ClusterSpec, memory: MemoryConf
             f"{model.name} does not fit: {weights / GIB:.1f} GiB of weights per GPU "
             f"(sharded {shards} ways{extra}) + {memory.activation_reserve_gib:.1f} GiB reserve "
             f"exceed {usable / GIB:.1f} GiB usable on {cluster.gpu.name}; use more GPUs per engine")
-    return int(free // kv_block_bytes_per_gpu(model, cluster.gpus_per_engine, memory.block_size_tokens))
+    return int(free // block_bytes)

@@ -18,6 +18,26 @@ from sim.predictor import RooflineConfig
 from traces.config import TraceConfig
 
 
+PREDICTOR_KINDS = ("roofline", "profiled")
+
+
+@dataclass
+class PredictorConfig(RooflineConfig):
+    """kind=roofline: the analytic predictor. kind=profiled: fitted to a measured profile
+    (``python -m executor profile``); the roofline fields then price steps outside it."""
+
+    profile_path: Optional[str] = None  # profile JSON (absolute, or from cwd / the repo root)
+    use_profiled_flip: bool = True  # the profile's measured flip (p50) replaces switch.flip_s
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind not in PREDICTOR_KINDS:
+            raise ValueError(f"predictor.kind={self.kind!r} must be one of {PREDICTOR_KINDS}")
+        if self.kind == "profiled" and not self.profile_path:
+            raise ValueError("predictor=profiled needs predictor.profile_path=PROFILE.json "
+                             "(make one with `python -m executor profile`)")
+
+
 @dataclass
 class OutputConfig:
     plots: bool = True  # latency CDFs and time series as PNG in the run directory
@@ -31,7 +51,7 @@ class SimConfig:
     cluster: ClusterSpec = MISSING
     model: ModelSpec = MISSING
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    predictor: RooflineConfig = field(default_factory=RooflineConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     switch: SwitchConfig = field(default_factory=SwitchConfig)

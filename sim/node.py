@@ -28,6 +28,7 @@ class NodeResult:
     sim_end_s: float
     num_steps: int
     stalled: bool = False
+    predictor_report: dict | None = None  # a profiled predictor's fit and fallbacks
 
 
 class SimNode:

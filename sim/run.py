@@ -31,9 +31,12 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def simulate(cfg: SimConfig, progress: bool = False) -> tuple[NodeResult, float]:
     """Load the trace, build the node, run it. Returns the result and the wall time (s)."""
     specs = load_trace(cfg.trace)
-    predictor = RooflinePredictor(cfg.model, cfg.cluster.gpu, cfg.predictor)
+    predictor = make_predictor(cfg)
     extra_weight_bytes = 0
     if cfg.policy.kind == "shift":  # SP mode needs a full copy of the weights beside the TP shard
+        if not isinstance(predictor, RooflinePredictor):
+            raise ConfigError("policy=shift prices sequence-parallel steps, which a profile does "
+                              "not measure: use predictor=roofline")
         extra_weight_bytes = shift_extra_weight_bytes_per_gpu(cfg.model, cfg.cluster.num_gpus)
         predictor = ShiftPricer(predictor, cfg.policy.shift_threshold_tokens)
     env = simpy.Environment()
@@ -53,7 +56,30 @@ def simulate(cfg: SimConfig, progress: bool = False) -> tuple[NodeResult, float]
     result = node.run(specs, until_s=cfg.max_sim_time_s, on_tick=tick)
     wall_s = time.perf_counter() - start
     bar.close()
+    report = getattr(predictor, "report", None)
+    if report is not None:
+        result.predictor_report = report()
+        if result.predictor_report["fallback_steps"]:
+            log.warning("%d step(s) outside the profile were priced by the roofline: %s",
+                        result.predictor_report["fallback_steps"],
+                        result.predictor_report["fallback_reasons"])
     return result, wall_s
+
+
+def make_predictor(cfg: SimConfig):
+    """The configured step-time predictor. A profiled one may also set the flip time from
+    its measurement (``predictor.use_profiled_flip``)."""
+    roofline = RooflinePredictor(cfg.model, cfg.cluster.gpu, cfg.predictor)
+    if cfg.predictor.kind != "profiled":
+        return roofline
+    from sim.profiled import ProfiledPredictor, load_profile
+    predictor = ProfiledPredictor(load_profile(cfg.predictor.profile_path), cfg.model, roofline)
+    flip_s = predictor.flip_s()
+    if cfg.predictor.use_profiled_flip and flip_s is not None:
+        log.info("switch.flip_s %.4g s -> %.4g s (measured in %s)", cfg.switch.flip_s, flip_s,
+                 predictor.profile["path"])
+        cfg.switch.flip_s = flip_s
+    return predictor
 
 
 def records_frame(result: NodeResult) -> pd.DataFrame:
@@ -134,6 +160,7 @@ def run_metadata(cfg: SimConfig, result: NodeResult, wall_s: float,
         "switch_time_s": sum(s.flip_s + (s.drain_s or 0.0) for s in result.switches),
         "recomputed_tokens_at_switches": sum(s.recomputed_tokens for s in result.switches),
         "stalled": result.stalled,
+        "predictor_report": result.predictor_report,
         "scheduler": asdict(cfg.scheduler),
     }
 
