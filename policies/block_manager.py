@@ -53,6 +53,16 @@ class BlockManager:
         ids = set(request.block_ids)
         self._free = [i for i in self._free if i not in ids]
 
+    def unreserve(self, ids: set[int] | frozenset[int]) -> None:
+        """Give back reserved ids whose paused request left without resuming (an abort):
+        they become usable here. Ids not reserved here are ignored."""
+        back = self.reserved_ids & ids
+        if not back:
+            return
+        self.reserved_ids = self.reserved_ids - back
+        self._free.extend(sorted(back, reverse=True))
+        self.num_usable_blocks += len(back)
+
     def blocks_needed(self, request: Request, num_tokens: int) -> int:
         """Blocks to add so that ``request`` can hold ``num_tokens`` tokens of KV."""
         return max(0, blocks_for(num_tokens, self.tokens_per_block) - len(request.block_ids))

@@ -6,9 +6,13 @@ control plane when requests arrive, when a group reaches a step boundary
 control plane tells the backend, through a ``Listener``, which groups to wake or stop at
 their next boundary, which groups start and retire, and when to start a flip of how long.
 
+A real backend also finishes requests early (``Scheduler.update``'s ``stopped_ids``) and
+takes requests out whose client left (``withdraw``); it asks for switches of its own with
+``submit_switch``, whose ticket follows a queued switch to its end.
+
 Invariants (checked by ``check_invariants``):
 - every accepted request is in exactly one place: a group's waiting or running queue, the
-  held queue, a paused set, or finished;
+  held queue, a paused set, or finished (or withdrawn);
 - on every engine, each block id is free in the group that covers the engine, or held by
   exactly one live request (running in that group, or paused there with its KV);
 - a group is an aligned power-of-two range of engines or the whole node.
@@ -26,8 +30,8 @@ from policies.request import Request, RequestStatus
 from policies.router import LeastLoadedRouter
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.specs import ClusterSpec, MemoryConfig, ModelSpec, kv_blocks_per_gpu
-from policies.switch import (MERGE_STRATEGIES, PendingSwitch, SwitchConfig, SwitchRecord,
-                             classify)
+from policies.switch import (MERGE_STRATEGIES, SPLIT_STRATEGIES, PendingSwitch, SwitchConfig,
+                             SwitchRecord, SwitchTicket, classify)
 
 
 class Listener(Protocol):
@@ -101,7 +105,8 @@ class ControlPlane:
         self.paused: dict[Group, list[Request]] = {}
         self.requests: list[Request] = []
         self.pending: PendingSwitch | None = None
-        self.queued: deque[Decision] = deque()
+        self.queued: deque[SwitchTicket] = deque()
+        self.tickets: list[SwitchTicket] = []  # every switch started or queued; index = id
         self.switches: list[SwitchRecord] = []
         self.layout = policy.initial_layout(self.num_engines)
         self.layouts: list[dict] = [{"time_s": 0.0, "layout": self.describe(self.layout),
@@ -260,28 +265,45 @@ class ControlPlane:
             self.request_switch(decision, now_s)
 
     def request_switch(self, decision: Decision, now_s: float) -> str:
-        """Start a switch, or queue it behind the one under way. Returns what happened."""
+        """``submit_switch``, answered in a word: started | queued | no-op: why."""
+        return self.submit_switch(decision, now_s).answer
+
+    def submit_switch(self, decision: Decision, now_s: float) -> SwitchTicket:
+        """Start a switch, or queue it behind the one under way; never drop it. Raises
+        ValueError, changing nothing, for a switch this node cannot make."""
+        self.check_decision(decision)
+        if self.pending is None and decision.target == self.layout:
+            return SwitchTicket(None, decision, now_s, "no-op", note="already in that layout")
+        ticket = SwitchTicket(len(self.tickets), decision, now_s)
+        self.tickets.append(ticket)
+        if self.pending is not None:
+            self.queued.append(ticket)
+        else:
+            self._begin(ticket, now_s)
+        return ticket
+
+    def check_decision(self, decision: Decision) -> None:
         if decision.strategy not in MERGE_STRATEGIES:
             raise ValueError(f"switch strategy {decision.strategy!r} is not one of {MERGE_STRATEGIES}")
-        if self.pending is not None:
-            self.queued.append(decision)
-            return "queued"
-        if decision.target == self.layout:
-            return "no-op: already in that layout"
+        if decision.split_strategy is not None and decision.split_strategy not in SPLIT_STRATEGIES:
+            raise ValueError(f"split strategy {decision.split_strategy!r} is not one of "
+                             f"{SPLIT_STRATEGIES}")
         if decision.target.num_engines != self.num_engines:
             raise ValueError(f"target layout has {decision.target.num_engines} engines, the "
                              f"node has {self.num_engines}")
-        self._begin(decision, now_s)
-        return "started"
 
-    def _begin(self, decision: Decision, now_s: float) -> None:
+    def _begin(self, ticket: SwitchTicket, now_s: float) -> None:
+        decision = ticket.decision
         target = decision.target
         retiring = {g.gid: g.group for g in self.groups.values() if g.group not in target.groups}
         forming = tuple(g for g in target.groups if g not in {x.group for x in self.groups.values()})
-        record = SwitchRecord(len(self.switches), now_s, self.describe(self.layout),
+        record = SwitchRecord(ticket.switch_id, now_s, self.describe(self.layout),
                               self.describe(target), decision.strategy, decision.reason)
         self.switches.append(record)
-        self.pending = PendingSwitch(record, target, decision.strategy, retiring, forming)
+        ticket.state, ticket.record = "switching", record
+        self.pending = PendingSwitch(record, target, decision.strategy, retiring, forming,
+                                     decision.split_strategy or self.switch_config.split_strategy,
+                                     ticket)
         self._pending_roles = dict(decision.roles)
         self.layouts.append({"time_s": now_s, "layout": record.to_layout,
                              "event": "switch_requested", "duration_s": 0.0})
@@ -297,7 +319,7 @@ class ControlPlane:
             return True
         if kind == "merge":
             return strategy == "hard"
-        return self.switch_config.split_strategy in ("recompute", "restart")
+        return self.pending.split_strategy in ("recompute", "restart")
 
     def may_step(self, gid: int, now_s: float) -> bool:
         """Called by the backend at every step boundary of group ``gid``: may it step now?"""
@@ -378,6 +400,7 @@ class ControlPlane:
         for req in sched.running:
             if pause:
                 req.status = RequestStatus.WAITING
+                req.pauses += 1
                 self.paused.setdefault(g.group, []).append(req)
                 rec.paused_requests += 1
             else:
@@ -436,14 +459,72 @@ class ControlPlane:
                 g.role = self._pending_roles[g.group]
         self.layout = sw.target
         sw.record.done_s = now_s
+        sw.ticket.state = "done"
         self.last_switch_done_s = now_s
         self.layouts.append({"time_s": now_s, "layout": sw.record.to_layout, "event": "done",
                              "duration_s": now_s - sw.record.requested_s})
         self.pending = None
         self._route_held()
         while self.queued and self.pending is None:  # a queued no-op must not stall the rest
-            self.request_switch(self.queued.popleft(), now_s)
+            ticket = self.queued.popleft()
+            if ticket.decision.target == self.layout:
+                ticket.state, ticket.note = "no-op", "already in that layout at its turn"
+            else:
+                self._begin(ticket, now_s)
         self.decide(now_s)
+
+    # --- requests leaving early ------------------------------------------------------------
+    def withdraw(self, request: Request, now_s: float) -> bool:
+        """Take an unfinished request out of the node (its client went away, or it failed),
+        wherever it is: held, paused, or queued or running in a group; its KV is freed (a
+        paused request's reserved blocks become usable again). The backend calls this only
+        for a request that is not in a step in flight. False if it is not in the node."""
+        where = self._take_out(request)
+        if where is None:
+            return False
+        request.block_ids = []
+        self.num_unfinished -= 1
+        if where >= 0:
+            self.listener.wake(where, stop_now=False)  # a retiring group may be ready now
+        if self.held:
+            self._route_held()
+        self.decide(now_s)
+        return True
+
+    def _take_out(self, request: Request) -> int | None:
+        """Remove ``request`` from its place; the id of its group, -1 if in none, or None."""
+        if request in self.held:
+            self.held.remove(request)
+            return -1
+        for group, reqs in self.paused.items():
+            if request in reqs:
+                reqs.remove(request)
+                if not reqs:
+                    del self.paused[group]
+                self._unreserve(group, set(request.block_ids))
+                return -1
+        for g in self.groups.values():
+            sched = g.scheduler
+            if request in sched.waiting:
+                sched.waiting.remove(request)
+                return g.gid
+            if request in sched.running:
+                sched.running.remove(request)
+                sched.blocks.free(request)
+                return g.gid
+        return None
+
+    def _unreserve(self, paused_group: Group, ids: set[int]) -> None:
+        """Blocks of a paused request that left: usable again by the groups formed over its
+        engines, unless another paused request there still holds the same id."""
+        engines = set(paused_group.engines)
+        for g in self.groups.values():
+            if g.group == paused_group or not engines & set(g.group.engines):
+                continue
+            still = {b for other, reqs in self.paused.items()
+                     if other != g.group and set(other.engines) & set(g.group.engines)
+                     for r in reqs for b in r.block_ids}
+            g.scheduler.blocks.unreserve(ids - still)
 
     # --- checks ----------------------------------------------------------------------------
     def check_invariants(self) -> None:

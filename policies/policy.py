@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 from policies.layout import Group, Layout
 
 POLICY_KINDS = ("static_dp", "static_tp", "static_mixed", "shift", "flying", "slo_aware")
+SWITCHING_KINDS = ("flying", "slo_aware")  # policies that change the layout themselves
 
 
 @dataclass
@@ -112,9 +113,11 @@ class NodeView:
 @dataclass
 class Decision:
     target: Layout
-    strategy: str
+    strategy: str  # how merging groups reach the switch point (policies.switch)
     reason: str
     roles: dict[Group, str] = field(default_factory=dict)  # routing roles of new groups
+    # How splitting groups reach it (drain | recompute); None: the node's switch config.
+    split_strategy: str | None = None
 
 
 class StepCostModel(Protocol):

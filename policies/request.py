@@ -28,7 +28,7 @@ class Request:
         "spec", "request_id", "prompt_tokens", "output_tokens", "request_class", "status",
         "num_computed_tokens", "num_generated", "block_ids", "arrival_s", "first_scheduled_s",
         "first_token_s", "finish_s", "preemptions", "recomputed_tokens", "max_computed_tokens",
-        "group_label", "tp_widths", "reject_reason",
+        "group_label", "tp_widths", "reject_reason", "pauses",
     )
 
     def __init__(self, spec: RequestSpec) -> None:
@@ -47,7 +47,8 @@ class Request:
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
-        self.preemptions = 0
+        self.preemptions = 0  # KV dropped (recompute): KV-pool pressure, or a switch
+        self.pauses = 0  # hard-preempted with its KV kept in place (resumed, not recomputed)
         self.recomputed_tokens = 0
         # High-water mark of cached tokens: tokens below it computed again were recomputed.
         self.max_computed_tokens = 0

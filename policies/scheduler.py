@@ -11,6 +11,7 @@ The three-call loop both backends run:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from policies.block_manager import BlockManager
@@ -152,8 +153,14 @@ class Scheduler:
         assert all(s.request_id != victim.request_id for s in out.scheduled)
 
     # --- update --------------------------------------------------------------------------
-    def update(self, out: SchedulerOutput, end_s: float) -> list[Request]:
-        """Apply a finished step: cache the computed tokens, sample, retire finished ones."""
+    def update(self, out: SchedulerOutput, end_s: float,
+               stopped_ids: Collection[int] = ()) -> list[Request]:
+        """Apply a finished step: cache the computed tokens, sample, retire finished ones.
+
+        ``stopped_ids``: requests whose token sampled in this step ends them before
+        ``output_tokens`` (an EOS or a stop string: only a real backend knows). They finish
+        here like a request at its length; ``output_tokens`` keeps the requested count.
+        """
         finished: list[Request] = []
         # ``out.scheduled`` is a prefix of ``running`` in the same order (see schedule()).
         for s, req in zip(out.scheduled, self.running):
@@ -170,9 +177,23 @@ class Scheduler:
                     req.first_token_s = end_s
                 if req.num_generated == req.output_tokens:
                     finished.append(req)
+        if stopped_ids:  # off the simulator's hot path: it never stops early
+            finished += self._stopped_early(out, stopped_ids, finished)
         for req in finished:
             self._finish(req, end_s)
         return finished
+
+    def _stopped_early(self, out: SchedulerOutput, stopped_ids: Collection[int],
+                       finished: list[Request]) -> list[Request]:
+        done = {id(r) for r in finished}
+        early = []
+        for s, req in zip(out.scheduled, self.running):
+            if req.request_id in stopped_ids and id(req) not in done:
+                if not s.samples:
+                    raise ValueError(f"request {req.request_id} stopped in a step that did not "
+                                     "sample a token for it")
+                early.append(req)
+        return early
 
     def _finish(self, req: Request, end_s: float) -> None:
         req.status = RequestStatus.FINISHED

@@ -17,8 +17,12 @@ How an engine group that a switch changes reaches the switch point:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from policies.layout import Group, Layout
+
+if TYPE_CHECKING:
+    from policies.policy import Decision
 
 MERGE_STRATEGIES = ("sequential", "soft", "hard", "restart")
 SPLIT_STRATEGIES = ("drain", "recompute", "restart")
@@ -77,6 +81,32 @@ class SwitchRecord:
         return d
 
 
+TICKET_STATES = ("queued", "switching", "done", "no-op")
+
+
+@dataclass
+class SwitchTicket:
+    """One requested switch from its request to its end, so that none is lost: a switch
+    asked for while another is under way waits in the queue and, at its turn, either runs
+    (``switching`` -> ``done``, with its ``record``) or ends as ``no-op`` when the node is
+    already in its target layout. ``switch_id`` is its record's id; None for a no-op at
+    once (nothing was queued or recorded)."""
+
+    switch_id: int | None
+    decision: Decision
+    requested_s: float
+    state: str = "queued"
+    record: SwitchRecord | None = None
+    note: str = ""
+
+    @property
+    def answer(self) -> str:
+        """What ``ControlPlane.request_switch`` says: started | queued | no-op: why."""
+        if self.state == "no-op":
+            return f"no-op: {self.note}"
+        return "queued" if self.state == "queued" else "started"
+
+
 @dataclass
 class PendingSwitch:
     """A switch under way: the old groups it retires and the new groups it forms."""
@@ -86,6 +116,8 @@ class PendingSwitch:
     strategy: str
     retiring: dict[int, Group]  # group id -> engines, of the groups that go away
     forming: tuple[Group, ...]
+    split_strategy: str = "drain"  # how splitting groups reach the switch point
+    ticket: SwitchTicket | None = None
     prerun_ids: set[int] = field(default_factory=set)  # soft: requests pre-run in narrow mode
     ready: set[int] = field(default_factory=set)  # retiring group ids at their switch point
     parked: set[int] = field(default_factory=set)  # ready and stopped at a step boundary
