@@ -1,4 +1,4 @@
-"""python -m sim {run,bench,calibrate} ..."""
+"""python -m sim {run,bench,calibrate,fidelity} ..."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,8 @@ commands:
              sweeps: python -m sim run -m +trace=azure policy=static_dp,static_tp
   bench      simulator speed on the full Azure conversation trace (static DP and TP)
   calibrate  check the roofline predictor against measured H100 operator and all-reduce times
+  fidelity   the same trace on the real executor (CPU ranks) and here, with this machine's
+             profile: per-metric error and policy rankings (python -m sim fidelity --help)
 """
 
 
@@ -24,6 +26,9 @@ def main() -> int:
     if command == "bench":
         from sim.bench import main as bench_main
         return bench_main(args)
+    if command == "fidelity":
+        from sim.fidelity import main as fidelity_main
+        return fidelity_main(args)
     if command == "calibrate":
         from sim.calibrate import main as calibrate_main
         return calibrate_main(args)

@@ -1,0 +1,373 @@
+"""``python -m sim fidelity``: the same trace and policy on the real executor and in the
+simulator, and how far apart they land.
+
+For each policy (default: static DP, static TP, flying) on this machine:
+
+1. the real side: ``python -m executor serve`` (CPU ranks, gloo) in its own process group,
+   a few warm-up requests, then ``python -m executor replay`` of the trace against it
+   (open loop, the trace's arrival times scaled by ``trace.rate_scale``); the server is
+   stopped with SIGINT so that it writes its own run outputs (switches.parquet) too;
+2. the simulated side: ``sim.run.simulate`` of the same trace config, the same model shape,
+   scheduler limits and KV pool, the same policy and switch settings, priced by the profiled
+   predictor from this machine's profile (``python -m executor profile``, run first unless
+   ``--profile`` names one);
+3. per-metric error (sim - real) / real for mean and P90 TTFT, mean TPOT, output throughput
+   and the switch count, and whether the policies rank the same on both.
+
+The executor is only ever run as a command (its CLI is the contract): the simulator does not
+import it. Outputs: ``fidelity.csv`` (policy, metric, sim, real, error_pct), ``fidelity.md``
+and every run directory, under ``--output-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+METRICS = {  # fidelity metric -> column of analysis.metrics.summarize
+    "ttft_mean_s": "ttft_mean_s", "ttft_p90_s": "ttft_p90_s", "tpot_mean_s": "tpot_mean_s",
+    "output_tokens_per_s": "output_tokens_per_s",
+}
+BAR_METRICS = ("ttft_mean_s", "tpot_mean_s", "output_tokens_per_s")  # issue #6: <= 10 % error
+BAR_PCT = 10.0
+# Better is lower for latencies, higher for throughput (for the ranking check).
+HIGHER_IS_BETTER = {"output_tokens_per_s"}
+
+
+@dataclass
+class FidelityConfig:
+    model: str = "tiny"
+    num_ranks: int = 2
+    trace: str = "poisson"
+    trace_overrides: list[str] = field(default_factory=list)  # KEY=VALUE onto conf/trace
+    policies: list[str] = field(default_factory=lambda: ["static_dp", "static_tp", "flying"])
+    profile: str | None = None  # None: profile this machine first
+    kv_cache_mib: float = 64.0
+    max_num_batched_tokens: int = 512
+    max_num_seqs: int = 32
+    warmup_requests: int = 4
+    output_dir: Path = Path("outputs/fidelity")
+    server_start_timeout_s: float = 180.0
+    replay_timeout_s: float = 1800.0
+    check: bool = False  # exit 1 when over the bar or the rankings differ
+
+
+# --- running things --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_command(cmd: list[str], log_path: Path, timeout_s: float) -> None:
+    """Run to completion; on failure raise with the tail of its log."""
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}:\n"
+                           + tail(log_path))
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+class Server:
+    """``python -m executor serve`` in its own session; stopped with SIGINT (it then writes
+    its outputs), SIGKILL for anything left after the grace period."""
+
+    def __init__(self, cmd: list[str], port: int, log_path: Path) -> None:
+        self.cmd, self.port, self.log_path = cmd, port, log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float) -> None:
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n"
+                                   + tail(self.log_path))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not answer /health in {timeout_s:g} s:\n"
+                           + tail(self.log_path))
+
+    def stop(self, grace_s: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers or a forkserver left behind
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def warm_up(base_url: str, n: int) -> None:
+    """A few short requests first: the first steps of a fresh worker are slower (allocator,
+    thread pools); the replayed trace should measure the steady state, as the profile does."""
+    models = json.loads(urllib.request.urlopen(f"{base_url}/models", timeout=10).read())
+    body = json.dumps({"model": models["data"][0]["id"], "prompt": "warm up " * 8,
+                       "max_tokens": 8, "ignore_eos": True}).encode()
+    for _ in range(n):
+        req = urllib.request.Request(f"{base_url}/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=120).read()
+
+
+# --- one policy, both sides ------------------------------------------------------------------
+def profile_machine(cfg: FidelityConfig, out_dir: Path) -> Path:
+    path = out_dir / "profile.json"
+    cmd = [sys.executable, "-m", "executor", "profile", "--model", cfg.model,
+           "--num-ranks", str(cfg.num_ranks), "--kv-cache-mib", str(cfg.kv_cache_mib),
+           "--prefill-tokens", _csv(_doubling(8, cfg.max_num_batched_tokens)),
+           "--decode-batches", _csv(_doubling(1, cfg.max_num_seqs)),
+           "--decode-context-tokens", "16,128,512,1024,2048",
+           "--mixed-prefill-tokens", _csv([64, cfg.max_num_batched_tokens // 2]),
+           "-o", str(path), "--log-level", "warning"]
+    print(f"profiling this machine ({cfg.model}, {cfg.num_ranks} ranks) ...", flush=True)
+    run_command(cmd, out_dir / "profile.log", timeout_s=1800)
+    return path
+
+
+def _doubling(start: int, stop: int) -> list[int]:
+    values, v = [], start
+    while v < stop:
+        values.append(v)
+        v *= 2
+    return values + [stop]
+
+
+def _csv(values: list[int]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def run_real(cfg: FidelityConfig, policy: str, run_dir: Path) -> tuple[pd.DataFrame, int]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    serve = [sys.executable, "-m", "executor", "serve", "--model", cfg.model,
+             "--num-ranks", str(cfg.num_ranks), "--policy", policy, "--port", str(port),
+             "--kv-cache-mib", str(cfg.kv_cache_mib),
+             "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+             "--max-num-seqs", str(cfg.max_num_seqs),
+             "--output-dir", str(run_dir / "server"), "--log-level", "warning"]
+    with Server(serve, port, run_dir / "server.log") as server:
+        server.start(cfg.server_start_timeout_s)
+        warm_up(server.base_url, cfg.warmup_requests)
+        replay = [sys.executable, "-m", "executor", "replay", f"+trace={cfg.trace}",
+                  *cfg.trace_overrides, f"server.base_url={server.base_url}",
+                  f"server.policy={policy}", "prompt.tokenizer=bytes", "output.progress=false",
+                  f"hydra.run.dir={run_dir / 'replay'}"]
+        run_command(replay, run_dir / "replay.log", cfg.replay_timeout_s)
+    requests = pd.read_parquet(run_dir / "replay" / "requests.parquet")
+    switches_path = run_dir / "server" / "switches.parquet"
+    switches = len(pd.read_parquet(switches_path)) if switches_path.is_file() else 0
+    return requests, switches
+
+
+def sim_overrides(cfg: FidelityConfig, policy: str, profile: Path) -> list[str]:
+    return [f"+trace={cfg.trace}", *cfg.trace_overrides, f"model={cfg.model}",
+            "cluster=cpu2", f"cluster.num_gpus={cfg.num_ranks}",
+            f"cluster.name=cpu{cfg.num_ranks}", f"policy={policy}", "predictor=profiled",
+            f"predictor.profile_path={profile.resolve()}",
+            f"memory.kv_cache_gib={cfg.kv_cache_mib / 1024}",
+            f"scheduler.max_num_batched_tokens={cfg.max_num_batched_tokens}",
+            f"scheduler.max_num_seqs={cfg.max_num_seqs}",
+            "output.plots=false", "output.progress=false", "output.print_summary=false"]
+
+
+def run_sim(cfg: FidelityConfig, policy: str, profile: Path, run_dir: Path
+            ) -> tuple[pd.DataFrame, int, dict]:
+    from hydra import compose, initialize_config_dir
+
+    from sim.config import load_config, register_schema
+    from sim.run import CONF_DIR, records_frame, simulate, write_outputs
+
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        composed = compose("config", overrides=sim_overrides(cfg, policy, profile))
+    sim_cfg = load_config(composed)
+    result, wall_s = simulate(sim_cfg)
+    write_outputs(sim_cfg, result, wall_s, run_dir)
+    return records_frame(result), len(result.switches), result.predictor_report or {}
+
+
+# --- comparison ------------------------------------------------------------------------------
+def headline(requests: pd.DataFrame) -> dict[str, float]:
+    from analysis.metrics import summarize
+    row = summarize(requests).loc["all"]
+    return {name: float(row[col]) for name, col in METRICS.items()}
+
+
+def error_pct(sim: float, real: float) -> float:
+    if real == 0 or math.isnan(real) or math.isnan(sim):
+        return 0.0 if sim == real else math.nan
+    return 100.0 * (sim - real) / real
+
+
+def comparison_rows(policy: str, sim: dict[str, float], real: dict[str, float]) -> list[dict]:
+    return [{"policy": policy, "metric": m, "sim": sim[m], "real": real[m],
+             "error_pct": error_pct(sim[m], real[m])} for m in sim]
+
+
+def rankings(table: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, the policies best-first on each side, and whether the orders agree."""
+    rows = []
+    for metric, group in table.groupby("metric", sort=False):
+        if metric == "switches":
+            continue
+        descending = metric in HIGHER_IS_BETTER
+        order = {side: list(group.sort_values(side, ascending=not descending)["policy"])
+                 for side in ("sim", "real")}
+        rows.append({"metric": metric, "sim": " > ".join(order["sim"]),
+                     "real": " > ".join(order["real"]), "same": order["sim"] == order["real"]})
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame, ranks: pd.DataFrame, meta: dict) -> str:
+    lines = [f"# Fidelity: simulator vs executor ({meta['model']}, {meta['num_ranks']} CPU "
+             f"ranks, trace {meta['trace']})", "",
+             f"Command: `{meta['command']}`", "",
+             "| policy | metric | sim | real | error |", "|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.policy} | {r.metric} | {_fmt(r.metric, r.sim)} | "
+                     f"{_fmt(r.metric, r.real)} | {r.error_pct:+.1f} % |")
+    lines += ["", "| metric | sim ranking | real ranking | same |", "|---|---|---|---|"]
+    lines += [f"| {r.metric} | {r.sim} | {r.real} | {'yes' if r.same else 'NO'} |"
+              for r in ranks.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(metric: str, value: float) -> str:
+    if metric.endswith("_per_s"):
+        return f"{value:.1f}"
+    if metric.endswith("_s"):
+        return f"{1e3 * value:.2f} ms"
+    if metric == "switches":
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def run(cfg: FidelityConfig, command: str) -> pd.DataFrame:
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    profile = Path(cfg.profile) if cfg.profile else profile_machine(cfg, out)
+    rows, reports = [], {}
+    for policy in cfg.policies:
+        print(f"[{policy}] executor ...", flush=True)
+        real_requests, real_switches = run_real(cfg, policy, out / f"real_{policy}")
+        print(f"[{policy}] simulator ...", flush=True)
+        sim_requests, sim_switches, reports[policy] = run_sim(cfg, policy, profile,
+                                                               out / f"sim_{policy}")
+        real, sim = headline(real_requests), headline(sim_requests)
+        real["switches"], sim["switches"] = float(real_switches), float(sim_switches)
+        rows += comparison_rows(policy, sim, real)
+    table = pd.DataFrame(rows, columns=["policy", "metric", "sim", "real", "error_pct"])
+    ranks = rankings(table)
+    meta = {"model": cfg.model, "num_ranks": cfg.num_ranks, "trace": cfg.trace,
+            "command": command, "profile": str(profile), "predictor": reports,
+            "created": datetime.now().isoformat(timespec="seconds")}
+    table.to_csv(out / "fidelity.csv", index=False)
+    ranks.to_csv(out / "rankings.csv", index=False)
+    (out / "fidelity.json").write_text(json.dumps(meta, indent=1, default=str))
+    (out / "fidelity.md").write_text(markdown(table, ranks, meta))
+    print(markdown(table, ranks, meta))
+    return table
+
+
+def check_bar(table: pd.DataFrame) -> list[str]:
+    """The rows over the issue's bar (|error| > 10 % on mean TTFT, mean TPOT, throughput)."""
+    bad = table[table.metric.isin(BAR_METRICS) & ~(table.error_pct.abs() <= BAR_PCT)]
+    return [f"{r.policy} {r.metric}: {r.error_pct:+.1f} %" for r in bad.itertuples()]
+
+
+# --- command line ----------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> FidelityConfig:
+    d = FidelityConfig()
+    p = argparse.ArgumentParser(prog="python -m sim fidelity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=d.model, help="a named shape (conf/model), dummy weights")
+    p.add_argument("--num-ranks", type=int, default=d.num_ranks)
+    p.add_argument("--trace", default=d.trace, help="a conf/trace name")
+    p.add_argument("--trace-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override onto the trace config, for both sides, e.g. "
+                        "trace.rate_scale=0.5 trace.max_requests=200")
+    p.add_argument("--policies", default=",".join(d.policies))
+    p.add_argument("--profile", default=None, help="a profile JSON of this machine (default: "
+                                                   "measure one first)")
+    p.add_argument("--kv-cache-mib", type=float, default=d.kv_cache_mib)
+    p.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
+    p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
+    p.add_argument("--warmup-requests", type=int, default=d.warmup_requests)
+    p.add_argument("--output-dir", default=None,
+                   help="default: outputs/fidelity/DATE/TIME")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when an error exceeds the 10 %% bar or the rankings differ")
+    a = p.parse_args(argv)
+    bad = [s for s in a.trace_set if "=" not in s or not s.startswith("trace.")]
+    if bad:
+        p.error(f"--trace-set takes trace.KEY=VALUE, got {bad[0]!r}")
+    out = Path(a.output_dir) if a.output_dir else Path("outputs/fidelity") / \
+        datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    cfg = FidelityConfig(model=a.model, num_ranks=a.num_ranks, trace=a.trace,
+                         trace_overrides=a.trace_set,
+                         policies=[x for x in a.policies.split(",") if x],
+                         profile=a.profile, kv_cache_mib=a.kv_cache_mib,
+                         max_num_batched_tokens=a.max_num_batched_tokens,
+                         max_num_seqs=a.max_num_seqs, warmup_requests=a.warmup_requests,
+                         output_dir=out, check=a.check)
+    return cfg
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_args(argv)
+    try:
+        table = run(cfg, "python -m sim fidelity " + " ".join(argv))
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    over = check_bar(table)
+    ranks = rankings(table)
+    if over:
+        print("over the 10 % bar: " + "; ".join(over))
+    if not ranks.same.all():
+        print("rankings differ for: " + ", ".join(ranks[~ranks.same].metric))
+    return 1 if cfg.check and (over or not ranks.same.all()) else 0
