@@ -117,7 +117,7 @@ def completion_prompt_ids(req: CompletionRequest, tokenizer: Tokenizer) -> list[
                                   "prompt")
             prompt = prompt[0]
     if isinstance(prompt, str):
-        return tokenizer.encode(prompt, add_special_tokens=True)
+        return encode_text(tokenizer, prompt, "prompt", add_special_tokens=True)
     return list(prompt)
 
 
@@ -130,7 +130,20 @@ def chat_prompt_ids(req: ChatRequest, tokenizer: Tokenizer) -> list[int]:
         raise bad_request(str(e), "messages") from None
     # The template writes the special tokens itself (BOS included), as transformers'
     # apply_chat_template(tokenize=True) assumes.
-    return tokenizer.encode(text, add_special_tokens=False)
+    return encode_text(tokenizer, text, "messages", add_special_tokens=False)
+
+
+def encode_text(tokenizer: Tokenizer, text: str, param: str, *,
+                add_special_tokens: bool) -> list[int]:
+    """Token ids of ``text``; a 400 for text that is not valid Unicode. JSON may carry a
+    lone surrogate ("\\ud800"), which no tokenizer can encode (found by the schemathesis
+    fuzz: it was a 500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{param} is not valid Unicode text: {e.reason} at character "
+                          f"{e.start}", param) from None
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 def _message_text(message: ChatMessage, index: int) -> str:
@@ -167,6 +180,9 @@ def generation_params(req: _Common, *, max_tokens: int | None, default_max_token
     if top_k < 0:
         raise bad_request(f"top_k must be -1, 0 (disabled) or positive, got {req.top_k}",
                           "top_k")
+    # Keeping the whole vocabulary is no top-k; and a k beyond int64 used to crash the
+    # worker that sampled it, taking the server down (found by the schemathesis fuzz).
+    top_k = 0 if top_k >= vocab_size else top_k
     stop_ids = frozenset(req.stop_token_ids or ())
     if any(not 0 <= t < vocab_size for t in stop_ids):
         raise bad_request(f"stop_token_ids must be in [0, {vocab_size})", "stop_token_ids")

@@ -123,13 +123,17 @@ class Request:
         }
 
     def _slo_met(self, status: str, ttft_s: float, tpot_s: float) -> bool | None:
-        spec = self.spec
-        if spec.ttft_slo_s is None and spec.tpot_slo_s is None:
-            return None
-        if status != "finished":
-            return False
-        ok = spec.ttft_slo_s is None or ttft_s <= spec.ttft_slo_s
-        # A one-token answer has no TPOT; it cannot miss a TPOT target.
-        if spec.tpot_slo_s is not None and not math.isnan(tpot_s):
-            ok = ok and tpot_s <= spec.tpot_slo_s
-        return ok
+        return slo_met(self.spec, status, ttft_s, tpot_s)
+
+
+def slo_met(spec: RequestSpec, status: str, ttft_s: float, tpot_s: float) -> bool | None:
+    """None without SLOs; else finished within both targets (a replay client uses it too)."""
+    if spec.ttft_slo_s is None and spec.tpot_slo_s is None:
+        return None
+    if status != "finished":
+        return False
+    ok = spec.ttft_slo_s is None or ttft_s <= spec.ttft_slo_s
+    # A one-token answer has no TPOT; it cannot miss a TPOT target.
+    if spec.tpot_slo_s is not None and not math.isnan(tpot_s):
+        ok = ok and tpot_s <= spec.tpot_slo_s
+    return ok
