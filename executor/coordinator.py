@@ -4,17 +4,21 @@ It is the control plane's ``Listener``, as ``sim.node.SimNode`` is for the simul
 that starts gets an ``EngineLoop`` (an asyncio task), a retired group's loop ends, ``wake``
 wakes a loop, and ``start_flip`` re-points the members of every group being formed
 (``SetWidth``: views and a pool handle, nothing moved) and then calls ``finish_flip``.
-Static layouts never switch, but that path is the one a live switch will take.
+
+Live switching (docs/executor_switching.md): the policy (``--policy``, the simulator's
+configs) decides where the simulator lets it, at arrivals, finishes, flips and every
+``sample_period_s``, on the real clock; an operator may ask for a switch too
+(``switch``, the admin API). The control plane's state machine carries either out: it stops
+admitting to the retiring groups, each loop reaches its switch point at a step boundary
+(``may_step``) by the strategy, the flip re-points every member at once, and from then on
+one plan per step goes to the whole new group. Hard-preempted requests keep their blocks
+(reserved in every group formed over their engines) and resume with their KV.
 
 Beyond the simulator it keeps what only a real server has: token ids, sampling parameters,
-output text and the stream of each request; early stops (EOS, stop strings); aborts; dead
-workers. Everything runs on one asyncio loop, so the control plane is never touched from two
-threads.
-
-Early stop: the control plane finishes a request when ``num_generated == output_tokens``
-(``Scheduler.update``). A request that stops before ``max_tokens`` gets
-``output_tokens = num_generated + 1`` just before the ``update`` of the step that sampled its
-stop token, and its requested count back once finished (the record's ``output_tokens``).
+output text and the stream of each request; early stops (EOS, stop strings: the
+``stopped_ids`` of ``Scheduler.update``); aborts (``ControlPlane.withdraw`` once no step in
+flight computes the request); dead workers. Everything runs on one asyncio loop, so the
+control plane is never touched from two threads.
 """
 from __future__ import annotations
 
@@ -24,29 +28,30 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter, deque
 from pathlib import Path
 
 from executor.engine_loop import EngineLoop
 from executor.metrics import ServerMetrics
 from executor.protocol import AllocateKV, Ready, SetWidth, WorkerConfig
-from executor.serve_config import (ResolvedModel, ServeConfig, cluster_and_memory, model_spec,
+from executor.serve_config import (EXECUTOR_SPLIT_STRATEGIES, ResolvedModel, ServeConfig,
+                                   cluster_and_memory, feasible_widths, model_spec,
                                    resident_tp_width, scheduler_config)
 from executor.serving_request import GenerationParams, ServingRequest
+from executor.step_costs import MeasuredStepCosts
 from executor.step_input import StepInput
 from executor.tokenizer import Tokenizer
 from executor.worker_pool import WorkerFailure, WorkerPool
 from policies.control import ControlPlane
-from policies.layout import Group
+from policies.layout import Group, Layout
 from policies.plan import SchedulerOutput
-from policies.policy import StaticPolicy
-from policies.records import sample_row
+from policies.policy import Decision, make_policy
+from policies.records import SWITCH_COLUMNS, sample_row
 from policies.request import Request, RequestStatus
+from policies.switch import SwitchTicket, classify
 from traces.spec import RequestSpec
 
 log = logging.getLogger(__name__)
-
-NO_GROUP = -1  # on_finish for requests that never reached a group (its gid is unused)
-
 
 class Unavailable(RuntimeError):
     """The server cannot take requests (a worker died, or it is shutting down): HTTP 503."""
@@ -60,6 +65,20 @@ class Rejected(ValueError):
         self.param = param
 
 
+class SwitchRefused(RuntimeError):
+    """A well-formed switch the node will not take now (already there, queue full): 409."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+STEP_LOG_MAX = 200_000  # ~40 MB of rows; a longer run keeps its latest steps
+# Merge strategies an operator may ask for; "restart" is the simulator's baseline (an engine
+# restart), which the executor never does to switch.
+ADMIN_STRATEGIES = ("sequential", "soft", "hard")
+
+
 class Coordinator:
     def __init__(self, cfg: ServeConfig, model: ResolvedModel, tokenizer: Tokenizer) -> None:
         cfg.check()
@@ -71,7 +90,17 @@ class Coordinator:
         self.pool: WorkerPool | None = None
         self.loops: dict[int, EngineLoop] = {}
         self.requests: dict[int, ServingRequest] = {}
-        self.aborting: set[int] = set()
+        self.aborting: set[int] = set()  # aborted, waiting for their step in flight to end
+        # KV tokens each request's steps computed, repeats included: a request whose KV is
+        # never dropped computes each of its prompt + generated - 1 tokens exactly once.
+        self.computed_tokens: Counter[int] = Counter()
+        # Output tokens of retired incarnations of a group label (samples stay cumulative).
+        self.retired_tokens: dict[str, int] = {}
+        self.widths = feasible_widths(model.config, cfg.num_ranks)  # what a switch may form
+        self.step_costs = MeasuredStepCosts()  # what slo_aware prices layouts with
+        # (time_s, group, StepShape, seconds) of the latest steps: steps.parquet, which
+        # `python -m executor profile --from-runs` turns into a profile of steps as served.
+        self.step_log: deque = deque(maxlen=STEP_LOG_MAX)
         self.rank_group: dict[int, tuple[int, ...]] = {r: (r,) for r in range(cfg.num_ranks)}
         self.failure: str | None = None
         self.closing = False
@@ -115,8 +144,12 @@ class Coordinator:
                                     self.cfg.startup_timeout_s, "allocate the KV pool")
             self.metrics.read_gauges_from(self._num_waiting, self._num_running,
                                           self._kv_usage, lambda: float(self.healthy))
+            self.metrics.read_switch_gauges_from(
+                lambda: float(self.control.pending is not None),
+                lambda: float(len(self.control.queued)),
+                lambda: float(sum(len(v) for v in self.control.paused.values())))
             self.control.start()  # group_started -> engine loops
-            await asyncio.gather(*(self.ensure_width(loop.ranks) for loop in self.loops.values()))
+            await self.ensure_widths([loop.ranks for loop in self.loops.values()])
         except BaseException:
             for loop in self.loops.values():
                 if loop.task is not None:
@@ -153,7 +186,9 @@ class Coordinator:
         memory_bytes = min(r.device_memory_bytes for r in ready)
         cluster, memory = cluster_and_memory(self.cfg, spec, memory_bytes)
         return ControlPlane(spec, cluster, memory, scheduler_config(self.cfg),
-                            StaticPolicy(self.cfg.policy_config()), listener=self, dynamic=False)
+                            make_policy(self.cfg.policy_config()), self.cfg.switch_config(),
+                            listener=self, dynamic=self.cfg.dynamic,
+                            cost_model=self.step_costs)
 
     def _startup_report(self, ready: list[Ready], num_blocks: int, workers_s: float,
                         total_s: float) -> dict:
@@ -161,6 +196,7 @@ class Coordinator:
         groups = {k: max(c.group_create_s[k] for c in costs) for k in costs[0].group_create_s}
         return {
             "layout": self.control.describe(self.control.layout),
+            "policy": self.cfg.policy_name, "dynamic": self.control.dynamic,
             "num_ranks": self.cfg.num_ranks, "device": self.cfg.device,
             "kv_blocks_per_rank": num_blocks,
             "kv_tokens_per_rank": num_blocks * self.cfg.block_size_tokens,
@@ -186,34 +222,137 @@ class Coordinator:
         loop.start()
 
     def group_retired(self, gid: int) -> None:
-        self.loops.pop(gid).retire()
+        loop = self.loops.pop(gid)
+        self.retired_tokens[loop.label] = self.retired_tokens.get(loop.label, 0) + \
+            loop.output_tokens_total
+        loop.retire()
 
     def start_flip(self, duration_s: float) -> None:
         """``duration_s`` is the simulator's modelled flip; here the flip takes what it takes
-        and its measured time replaces the modelled one in the switch record."""
+        and its measured time replaces the modelled one in the switch record.
+
+        Called at the step boundary where the last retiring group parked: every retiring
+        loop is waiting (none is in a step), so no member of a forming group is inside a
+        collective of its old group when its SetWidth arrives."""
         self._spawn(self._flip())
 
     async def _flip(self) -> None:
         pending = self.control.pending
         t0 = time.perf_counter()
         try:
-            await asyncio.gather(*(self.ensure_width(tuple(g.engines)) for g in pending.forming))
+            await self.ensure_widths([tuple(g.engines) for g in pending.forming])
         except WorkerFailure as e:
             self._fail_everything(f"layout switch failed: {e}")
             return
         pending.record.flip_s = time.perf_counter() - t0
+        kinds = {classify(group, pending.target) for group in pending.retiring.values()}
         self.control.finish_flip(self.now())
+        self.metrics.switch_done(kinds.pop() if len(kinds) == 1 else "reshape", pending.record)
 
     async def ensure_width(self, ranks: tuple[int, ...]) -> None:
-        """Point every member of ``ranks`` at that group (pool handle, shard views) unless it
-        is there already (a flip may have done it)."""
-        async with self._width_lock:  # start-up and an engine loop may ask at once
-            stale = [r for r in ranks if self.rank_group[r] != ranks]
-            if stale:
-                await self.pool.request(stale, SetWidth(ranks), self.cfg.step_timeout_s,
-                                        f"join group {ranks}")
+        await self.ensure_widths([ranks])
+
+    async def ensure_widths(self, groups: list[tuple[int, ...]]) -> None:
+        """Point every member of each group at it (pool handle, shard views), all at once,
+        unless it is there already (a flip may have done it). The groups are disjoint."""
+        async with self._width_lock:  # start-up, a flip and a starting loop may ask at once
+            asks = [(ranks, [r for r in ranks if self.rank_group[r] != ranks])
+                    for ranks in groups]
+            asks = [(ranks, stale) for ranks, stale in asks if stale]
+            await asyncio.gather(*(self.pool.request(stale, SetWidth(ranks),
+                                                     self.cfg.step_timeout_s,
+                                                     f"join group {ranks}")
+                                   for ranks, stale in asks))
+            for ranks, stale in asks:
                 for r in stale:
                     self.rank_group[r] = ranks
+
+    # --- switches asked for by an operator -----------------------------------------------
+    def switch(self, target: Layout, strategy: str = "sequential",
+               split_strategy: str | None = None, reason: str = "admin") -> SwitchTicket:
+        """Start a switch to ``target`` now, or queue it behind the one under way. Raises
+        ``Rejected`` (cannot be made here), ``SwitchRefused`` (not now) or ``Unavailable``."""
+        if not self.healthy:
+            raise Unavailable(self.failure or "the server is not accepting switches")
+        if strategy not in ADMIN_STRATEGIES:
+            why = " (restart is the simulator's baseline; the executor switches without " \
+                  "restarting workers)" if strategy == "restart" else ""
+            raise Rejected(f"strategy {strategy!r} is not one of {ADMIN_STRATEGIES}{why}",
+                           "strategy")
+        if split_strategy is not None and split_strategy not in EXECUTOR_SPLIT_STRATEGIES:
+            raise Rejected(f"split_strategy {split_strategy!r} is not one of "
+                           f"{EXECUTOR_SPLIT_STRATEGIES}", "split_strategy")
+        if target.num_engines != self.cfg.num_ranks:
+            raise Rejected(f"the target layout has {target.num_engines} engines; this node "
+                           f"has {self.cfg.num_ranks} ranks")
+        for g in target.groups:
+            if g.num_engines not in self.widths:
+                raise Rejected(f"group {g.label} is {g.num_engines} ranks wide; this model "
+                               f"splits over {self.widths} ranks only (its KV heads, heads and "
+                               f"MLP must divide by the width)")
+        c = self.control
+        if c.pending is not None and len(c.queued) >= self.cfg.max_queued_switches:
+            self.metrics.switch_refused("queue_full")
+            raise SwitchRefused(f"{len(c.queued)} switches are queued behind switch "
+                                f"{c.pending.record.switch_id} already "
+                                f"(--max-queued-switches {self.cfg.max_queued_switches})",
+                                "queue_full")
+        ticket = c.submit_switch(Decision(target, strategy, reason, {}, split_strategy),
+                                 self.now())
+        if ticket.state == "no-op":
+            self.metrics.switch_refused("no_op")
+            raise SwitchRefused(f"the node is in layout {c.describe(target)} already",
+                                "already_in_layout")
+        return ticket
+
+    def ticket_report(self, ticket: SwitchTicket) -> dict:
+        d = ticket.decision
+        row = {"switch_id": ticket.switch_id, "state": ticket.state,
+               "requested_s": ticket.requested_s, "to_layout": self.control.describe(d.target),
+               "groups": [list(g.engines) for g in d.target.groups], "strategy": d.strategy,
+               "split_strategy": d.split_strategy or self.control.switch_config.split_strategy,
+               "reason": d.reason, "note": ticket.note}
+        if ticket.record is not None:
+            row.update(ticket.record.row())
+        if ticket.state == "queued":
+            row["queue_position"] = list(self.control.queued).index(ticket)
+        return row
+
+    def layout_report(self) -> dict:
+        """The layout now: groups (ranks, width, state, role), the switch under way and the
+        queued ones, and the paused requests per group."""
+        c = self.control
+        groups = []
+        for g in c.groups.values():
+            loop = self.loops.get(g.gid)
+            s = g.scheduler
+            groups.append({"group": g.label, "ranks": list(g.group.engines),
+                           "tp_gpus": g.tp_gpus, "state": g.state, "role": g.role,
+                           "steps": loop.num_steps if loop else 0,
+                           "output_tokens": loop.output_tokens_total if loop else 0,
+                           "waiting": len(s.waiting), "running": len(s.running),
+                           "kv_blocks_used": s.blocks.num_used_blocks,
+                           "kv_blocks_total": s.blocks.num_usable_blocks,
+                           "kv_blocks_reserved": len(s.blocks.reserved_ids)})
+        pending = None
+        if c.pending is not None:
+            sw = c.pending
+            pending = {**self.ticket_report(sw.ticket),
+                       "phase": "flipping" if sw.flipping else "draining",
+                       "retiring": [g.label for g in sw.retiring.values()],
+                       "forming": [g.label for g in sw.forming],
+                       "ready": sorted(c.groups[gid].label for gid in sw.ready)}
+        return {"layout": c.describe(c.layout), "policy": self.cfg.policy_name,
+                "dynamic": c.dynamic, "groups": groups, "pending_switch": pending,
+                "queued_switches": [self.ticket_report(t) for t in c.queued],
+                "held_requests": len(c.held),
+                "paused": {g.label: len(reqs) for g, reqs in c.paused.items()},
+                "feasible_widths": self.widths}
+
+    def switches_report(self) -> dict:
+        """Every switch started or queued, in order (``SWITCH_COLUMNS`` plus its state)."""
+        return {"columns": SWITCH_COLUMNS,
+                "switches": [self.ticket_report(t) for t in self.control.tickets]}
 
     # --- requests in ---------------------------------------------------------------------
     @property
@@ -259,47 +398,26 @@ class Coordinator:
                            f"completion). Please reduce the prompt or max_tokens.", "max_tokens")
 
     def abort(self, request_id: int) -> None:
-        """The client went away: drop the request and free its KV (at once if it is queued
-        for a group, else at its group's next step boundary)."""
+        """The client went away: take the request out and free its KV, wherever it is
+        (queued, held, paused, running); a request in a step in flight goes when that step
+        ends (``update`` pairs the plan with the batch by position)."""
         sr = self.requests.get(request_id)
         if sr is None or sr.done:
             return
         sr.abort()
-        req = sr.request
-        if req in self.control.held:
-            self.control.held.remove(req)
-            self._forget([req], NO_GROUP)
-            return
         self.aborting.add(request_id)
-        for loop in self.loops.values():
-            if req in loop.scheduler.waiting or req in loop.scheduler.running:
-                loop.wake()
+        self.apply_aborts()
 
-    def apply_aborts(self, loop: EngineLoop) -> None:
-        """At ``loop``'s step boundary: remove its aborted requests and free their blocks."""
+    def apply_aborts(self) -> None:
+        """Withdraw the aborted requests that no step in flight is computing."""
         if not self.aborting:
             return
-        sched, gone = loop.scheduler, []
-        for rid in list(self.aborting):
-            req = self.requests[rid].request
-            if req in sched.waiting:
-                sched.waiting.remove(req)
-            elif req in sched.running:
-                sched.running.remove(req)
-                sched.blocks.free(req)
-            else:
-                continue
+        busy = {rid for loop in self.loops.values() if loop.in_step for rid in loop.step_ids}
+        for rid in list(self.aborting - busy):
             self.aborting.discard(rid)
-            gone.append(req)
-        if gone:
-            self._forget(gone, loop.gid)
-            for _ in gone:
+            sr = self.requests.pop(rid, None)
+            if sr is not None and self.control.withdraw(sr.request, self.now()):
                 self.metrics.failed("abort")
-
-    def _forget(self, reqs: list[Request], gid: int) -> None:
-        for req in reqs:
-            self.requests.pop(req.request_id, None)
-        self.control.on_finish(gid, reqs, self.now())
 
     # --- steps ---------------------------------------------------------------------------
     def complete_step(self, loop: EngineLoop, out: SchedulerOutput, step: StepInput,
@@ -310,17 +428,15 @@ class Coordinator:
             return  # the group was failed while this step ran; its requests are gone
         reasons: dict[int, str] = {}
         for seq in step.sequences:
+            self.computed_tokens[seq.request_id] += seq.num_new_tokens
             if not seq.samples:
                 continue
             sr = self.requests[seq.request_id]
             reason = sr.add_token(tokens[seq.request_id])
             if reason is not None:
                 reasons[seq.request_id] = reason
-                req = sr.request
-                if req.num_generated + 1 < req.output_tokens:
-                    req.output_tokens = req.num_generated + 1  # finish in this update
         self.metrics.generation_tokens.inc(len(tokens))
-        finished = loop.scheduler.update(out, end_s)
+        finished = loop.scheduler.update(out, end_s, reasons.keys())
         for seq in step.sequences:
             req = self.requests[seq.request_id].request
             if seq.samples and req.num_generated == 1:
@@ -332,7 +448,6 @@ class Coordinator:
 
     def _finish(self, req: Request, reason: str) -> None:
         sr = self.requests.pop(req.request_id)
-        req.output_tokens = req.spec.output_tokens  # the record keeps the requested count
         self.aborting.discard(req.request_id)
         if not sr.aborted:
             sr.finish(reason)
@@ -345,6 +460,13 @@ class Coordinator:
     def _on_worker_death(self, rank: int, reason: str) -> None:
         log.error("%s", reason)
         self.failure = self.failure or reason
+        if self.control is not None:
+            self.control.dynamic = False  # no policy switch from now on: it may need this rank
+        if self.control is not None and self.control.pending is not None:
+            # The switch may need this rank to flip, or wait for its group to park: nothing
+            # that waits for it could ever be served.
+            self._fail_everything(reason)
+            return
         for loop in list(self.loops.values()):
             # A loop waiting on this worker gets WorkerFailure from its step; an idle one
             # would wait forever for work it cannot run, so it fails now.
@@ -352,29 +474,26 @@ class Coordinator:
                 self.fail_group(loop, reason)
 
     def fail_group(self, loop: EngineLoop, reason: str) -> None:
-        """The group cannot run any more: fail its requests (and the held ones), stop its
-        loop, and mark the server unhealthy."""
+        """The group cannot run any more: fail its requests and those waiting for a switch
+        (held, paused: no switch runs after a failure), stop its loop, and mark the server
+        unhealthy."""
         self.failure = self.failure or reason
+        self.control.dynamic = False  # a policy switch might need the dead rank
         loop.failed = True
         loop.retire()
-        sched = loop.scheduler
-        failed = list(sched.running) + list(sched.waiting)
-        for req in sched.running:
-            sched.blocks.free(req)
-        sched.running.clear()
-        sched.waiting.clear()
-        held = list(self.control.held)
-        self.control.held.clear()
-        for req in failed + held:
-            sr = self.requests.get(req.request_id)
+        c, sched = self.control, loop.scheduler
+        doomed = list(sched.running) + list(sched.waiting) + list(c.held) + \
+            [r for reqs in c.paused.values() for r in reqs]
+        for req in doomed:
+            sr = self.requests.pop(req.request_id, None)
             if sr is not None:
                 sr.fail(f"engine {loop.label} failed: {reason}")
             self.aborting.discard(req.request_id)
-            self.metrics.failed("worker_failure")
-        if failed or held:
-            self._forget(failed + held, loop.gid)
+            if c.withdraw(req, self.now()):
+                self.metrics.failed("worker_failure")
 
     def _fail_everything(self, reason: str) -> None:
+        self.failure = self.failure or reason
         for loop in list(self.loops.values()):
             self.fail_group(loop, reason)
 
@@ -413,12 +532,16 @@ class Coordinator:
         return rows
 
     async def _sample_loop(self) -> None:
+        """Samples, and lets the policy look, every period (as the simulator's sampler)."""
         while True:
             await asyncio.sleep(self.cfg.sample_period_s)
             now = self.now()
             for loop in self.loops.values():
+                tokens = self.retired_tokens.get(loop.label, 0) + loop.output_tokens_total
                 self.samples.append(sample_row(now, loop.label, loop.tp_gpus, loop.scheduler,
-                                               loop.output_tokens_total))
+                                               tokens))
+            if self.healthy:
+                self.control.decide(now)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

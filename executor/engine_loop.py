@@ -3,14 +3,19 @@
 The same three visible calls as the simulator, with real execution in the middle:
     out = scheduler.schedule(now)  ->  every member runs the same StepInput  ->
     scheduler.update(out, end)
-At each step boundary the loop first applies aborts (a request can only leave the
-scheduler between steps: ``update`` pairs ``out.scheduled`` with ``running`` by position),
-then asks the control plane ``may_step`` exactly where the simulator does.
+At each step boundary the loop first applies aborts (a request in a step can only leave the
+scheduler after it: ``update`` pairs ``out.scheduled`` with ``running`` by position), then
+asks the control plane ``may_step`` exactly where the simulator does. That call is where a
+switch reaches this group: a retiring group drains, pauses or drops its work there (by the
+strategy), parks, and the last one to park starts the flip. A parked loop only waits; the
+group that forms after the flip gets a new loop, and every member receives every one of
+its plans, so the members issue the same collectives in the same order.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from executor.protocol import Step, StepResult
@@ -36,6 +41,7 @@ class EngineLoop:
         self.retired = False
         self.failed = False  # its requests were failed; a step still in flight is void
         self.in_step = False
+        self.step_ids: frozenset[int] = frozenset()  # requests of the step in flight
         self.num_steps = 0
         self.output_tokens_total = 0
         self._wakeup = asyncio.Event()
@@ -55,7 +61,7 @@ class EngineLoop:
         try:
             await self.c.ensure_width(self.ranks)
             while not self.retired:
-                self.c.apply_aborts(self)
+                self.c.apply_aborts()
                 now = self.c.now()
                 if not self.c.control.may_step(self.gid, now) or not self.scheduler.has_work:
                     self._wakeup.clear()  # no await since the check: no wake-up is lost
@@ -75,12 +81,16 @@ class EngineLoop:
         if out.is_empty:
             raise RuntimeError(f"engine {self.label}: work queued but nothing schedulable")
         step = self.build(out)
-        self.in_step = True
+        self.in_step, self.step_ids = True, frozenset(s.request_id for s in out.scheduled)
+        t0 = time.perf_counter()
         try:
             results = await self.c.pool.request(self.ranks, Step(step), self.c.cfg.step_timeout_s,
                                                 f"finish step {step.step_id}")
         finally:
             self.in_step = False
+        shape, step_s = out.shape(), time.perf_counter() - t0
+        self.c.step_costs.record(shape, step_s)
+        self.c.step_log.append((self.c.now(), self.label, shape, step_s))
         tokens = self.agreed_tokens(step, results)
         self.num_steps += 1
         self.output_tokens_total += len(tokens)

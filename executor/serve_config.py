@@ -4,6 +4,11 @@ control-plane specs that follow.
 Checked before any worker starts, so a wrong path or an impossible layout is one clear
 message, not a traceback from a subprocess. One engine is one rank (one GPU, or one CPU
 process); base TP inside an engine (``gpus_per_engine > 1``) is not offered here.
+
+A policy is either a static layout (``--layout dp|tp|mixed``) or one of the simulator's
+policy configs by name (``--policy flying``: ``conf/policy/flying.yaml``, the same file
+``python -m sim run policy=flying`` reads), with ``KEY=VALUE`` overrides; switch settings
+start from ``conf/config.yaml``'s ``switch`` section, as the simulator's do.
 """
 from __future__ import annotations
 
@@ -15,13 +20,22 @@ from pathlib import Path
 
 from executor.model_config import SUPPORTED_DTYPES, ModelConfig
 from policies.layout import Layout, candidate_groups
-from policies.policy import PolicyConfig, StaticPolicy
+from policies.policy import SWITCHING_KINDS, PolicyConfig, make_policy
 from policies.scheduler import SchedulerConfig
 from policies.specs import GIB, ClusterSpec, GpuSpec, MemoryConfig, ModelSpec, \
     kv_block_bytes_per_gpu
+from policies.switch import SwitchConfig
 
-MODEL_SHAPES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+MODEL_SHAPES_DIR = CONF_DIR / "model"
+POLICY_DIR = CONF_DIR / "policy"
 LAYOUT_POLICIES = {"dp": "static_dp", "tp": "static_tp", "mixed": "static_mixed"}
+# What the executor cannot do that the simulator prices: a restart (the executor never
+# restarts a worker to switch), a lazy communicator pool (the workers build every candidate
+# group at start-up), and shift's sequence-parallel mode.
+EXECUTOR_SPLIT_STRATEGIES = ("drain", "recompute")
+UNSUPPORTED_POLICY_KINDS = {"shift": "shift needs a sequence-parallel step mode, which the "
+                                     "executor does not have (the simulator prices it)"}
 BYTE_TOKENIZER = "bytes"  # --tokenizer bytes: UTF-8 bytes as ids (executor.tokenizer)
 API_KEY_ENV = "FLYING_API_KEY"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -58,7 +72,11 @@ class ServeConfig:
     startup_timeout_s: float = 600.0
     step_timeout_s: float = 600.0
     collective_timeout_s: float = 300.0
-    sample_period_s: float = 1.0
+    sample_period_s: float = 1.0  # samples, and the policy's periodic look (as in the sim)
+    policy: str | None = None  # a conf/policy name; None: the static --layout
+    policy_overrides: tuple[str, ...] = ()  # KEY=VALUE onto the policy config
+    switch_overrides: tuple[str, ...] = ()  # KEY=VALUE onto conf/config.yaml's switch
+    max_queued_switches: int = 8  # admin switches waiting behind the one under way
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -77,7 +95,7 @@ class ServeConfig:
                                    f"{self.dtype!r}")
         positive = ("block_size_tokens", "kv_cache_mib", "max_num_batched_tokens",
                     "max_num_seqs", "startup_timeout_s", "step_timeout_s",
-                    "collective_timeout_s", "sample_period_s")
+                    "collective_timeout_s", "sample_period_s", "max_queued_switches")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"--{name.replace('_', '-')} must be positive, got "
@@ -90,29 +108,112 @@ class ServeConfig:
             SchedulerConfig(policy=self.scheduler_policy)
         except ValueError as e:
             raise ServeConfigError(str(e)) from e
-        self.layout_of()  # raises on a layout the ranks cannot form
+        self.switch_config()  # raises on switch settings the executor cannot honour
+        self.layout_of()  # raises on a policy or layout the ranks cannot form
 
-    # --- layout --------------------------------------------------------------------------
+    # --- policy and layout -----------------------------------------------------------------
     def policy_config(self) -> PolicyConfig:
+        if self.policy is None:
+            config = PolicyConfig(name=self.layout, kind=LAYOUT_POLICIES[self.layout],
+                                  engines_per_group=self.engines_per_group)
+        else:
+            config = _load_policy(self.policy, self.policy_overrides)
         # Every rank keeps the full weights resident (shards are views), so a TP group's KV
         # room per rank is a DP engine's: the control plane must size it that way.
-        return PolicyConfig(name=self.layout, kind=LAYOUT_POLICIES[self.layout],
-                            engines_per_group=self.engines_per_group,
-                            weights_resident_per_engine=True)
+        config.weights_resident_per_engine = True
+        return config
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy or self.layout
+
+    @property
+    def dynamic(self) -> bool:
+        """The policy switches layouts by itself (the simulator's ``dynamic``)."""
+        return self.policy_config().kind in SWITCHING_KINDS
+
+    def switch_config(self) -> SwitchConfig:
+        """conf/config.yaml's ``switch`` section (the simulator's defaults), overridden."""
+        import yaml
+        from omegaconf import OmegaConf
+
+        base = yaml.safe_load((CONF_DIR / "config.yaml").read_text()).get("switch", {})
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(SwitchConfig), base,
+                                     _dotlist(self.switch_overrides, "--switch-set"))
+            config: SwitchConfig = OmegaConf.to_object(merged)
+        except ServeConfigError:
+            raise
+        except Exception as e:  # omegaconf's errors name the key; keep the message
+            raise ServeConfigError(f"--switch-set: {_first_line(e)}") from None
+        if config.comm_pool != "eager":
+            raise ServeConfigError("--switch-set comm_pool: the executor's workers create "
+                                   "every candidate group at start-up (eager); lazy is the "
+                                   "simulator's what-if")
+        if config.split_strategy not in EXECUTOR_SPLIT_STRATEGIES:
+            raise ServeConfigError(f"--switch-set split_strategy={config.split_strategy}: the "
+                                   f"executor splits by {' or '.join(EXECUTOR_SPLIT_STRATEGIES)}"
+                                   f" (it never restarts workers to switch)")
+        return config
 
     def layout_of(self) -> Layout:
+        """The layout the server starts in (its policy's initial layout)."""
+        config = self.policy_config()
         try:
-            return StaticPolicy(self.policy_config()).initial_layout(self.num_ranks)
+            return make_policy(config).initial_layout(self.num_ranks)
         except ValueError as e:
-            what = f"--layout {self.layout} with --num-ranks {self.num_ranks}"
-            if self.layout == "mixed":
+            what = f"--policy {self.policy}" if self.policy else f"--layout {self.layout}"
+            what += f" with --num-ranks {self.num_ranks}"
+            if self.layout == "mixed" and not self.policy:
                 what += f" and --engines-per-group {self.engines_per_group}"
             raise ServeConfigError(f"{what}: {e}") from e
 
     @property
     def max_tp_width(self) -> int:
-        """The widest group the static layout uses."""
+        """The widest group the server may form by itself: the initial layout's, or every
+        candidate group's when the policy switches (an admin switch is checked on its own,
+        against ``feasible_widths``)."""
+        if self.dynamic:
+            return max(g.num_engines for g in candidate_groups(self.num_ranks))
         return max(g.num_engines for g in self.layout_of().groups)
+
+
+def _dotlist(overrides: tuple[str, ...], flag: str):
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        if "=" not in item:
+            raise ServeConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0]
+
+
+def policy_names() -> list[str]:
+    return sorted(p.stem for p in POLICY_DIR.glob("*.yaml"))
+
+
+def _load_policy(name: str, overrides: tuple[str, ...]) -> PolicyConfig:
+    """conf/policy/NAME.yaml as the simulator reads it (typed: unknown keys fail)."""
+    from omegaconf import OmegaConf
+
+    path = POLICY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ServeConfigError(f"--policy {name!r}: no conf/policy/{name}.yaml (policies: "
+                               f"{policy_names()})")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.load(path),
+                                 _dotlist(overrides, "--policy-set"))
+        config: PolicyConfig = OmegaConf.to_object(merged)
+    except ServeConfigError:
+        raise
+    except Exception as e:  # omegaconf's errors name the key; keep the message
+        raise ServeConfigError(f"--policy {name}: {_first_line(e)}") from None
+    if config.kind in UNSUPPORTED_POLICY_KINDS:
+        raise ServeConfigError(f"--policy {name}: {UNSUPPORTED_POLICY_KINDS[config.kind]}")
+    return config
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -169,21 +270,25 @@ def _check_widths(config: ModelConfig, cfg: ServeConfig) -> None:
     width = cfg.max_tp_width
     for what in DIVIDED_DIMS:
         if getattr(config, what) % width:
-            raise ServeConfigError(f"--layout {cfg.layout} needs TP width {width}, and the "
+            what_runs = f"--policy {cfg.policy} (it may form a group of every rank)" \
+                if cfg.dynamic else f"--layout {cfg.layout}"
+            raise ServeConfigError(f"{what_runs} needs TP width {width}, and the "
                                    f"model's {what}={getattr(config, what)} is not divisible "
                                    f"by it (KV heads are sharded, never replicated)")
 
 
+def feasible_widths(config: ModelConfig, num_ranks: int) -> list[int]:
+    """Widths of the candidate groups the model can be split over (each divides every
+    sharded dimension): what any switch may form."""
+    widths = sorted({g.num_engines for g in candidate_groups(num_ranks)})
+    return [w for w in widths if all(getattr(config, what) % w == 0 for what in DIVIDED_DIMS)]
+
+
 def resident_tp_width(config: ModelConfig, cfg: ServeConfig) -> int:
     """The width the resident weights are laid out for (their shard views serve its
-    divisors): every candidate group's width when the model divides by all of them, so a
-    later switch needs no reload; else what the static layout needs. The layout costs no
-    memory: it only orders the fused pieces."""
-    widths = {g.num_engines for g in candidate_groups(cfg.num_ranks)}
-    every = math.lcm(*widths)
-    if all(getattr(config, what) % every == 0 for what in DIVIDED_DIMS):
-        return every
-    return cfg.max_tp_width
+    divisors): every feasible candidate width, so a later switch needs no reload. The
+    layout costs no memory: it only orders the fused pieces."""
+    return math.lcm(cfg.max_tp_width, *feasible_widths(config, cfg.num_ranks))
 
 
 def _tokenizer_folder(cfg: ServeConfig, model_folder: Path | None) -> Path | None:

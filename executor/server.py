@@ -2,7 +2,9 @@
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming or one JSON
 answer, both with ``usage``), ``GET /v1/models``, ``GET /health`` (503 once a worker died),
-``GET /metrics`` (Prometheus), ``GET /admin/layout`` (layout, workers, start-up costs).
+``GET /metrics`` (Prometheus), and the admin API (``executor.admin``): ``GET /admin/layout``
+(layout, switch under way, workers, start-up costs), ``GET /admin/switches`` (the switch
+history), ``POST /admin/switch`` (ask for a live switch).
 With an API key (``--api-key`` or ``$FLYING_API_KEY``) the ``/v1`` and ``/admin`` routes
 need ``Authorization: Bearer KEY``. The coordinator starts with the app (lifespan) and
 stops with it, workers included.
@@ -20,8 +22,10 @@ from typing import AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from executor.admin import add_admin_routes
 from executor.coordinator import Coordinator, Rejected, Unavailable
 from executor.openai_protocol import (COMPLETION_DEFAULT_MAX_TOKENS, ApiError, ChatRequest,
                                       CompletionRequest, bad_request, chat_prompt_ids,
@@ -51,11 +55,35 @@ def create_app(cfg: ServeConfig, model: ResolvedModel, tokenizer: Tokenizer) -> 
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], dependencies=auth)
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], dependencies=auth)
     app.add_api_route("/v1/models", api.models, methods=["GET"], dependencies=auth)
-    app.add_api_route("/admin/layout", api.layout, methods=["GET"], dependencies=auth)
+    add_admin_routes(app, coordinator, auth)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
     _install_error_handlers(app)
+    _document_bodies(app, {"/v1/completions": CompletionRequest,
+                           "/v1/chat/completions": ChatRequest})
     return app
+
+
+def _document_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
+    """The OpenAI routes parse their JSON bodies by hand (to answer errors in OpenAI's
+    shape), so FastAPI cannot see them: add each body's JSON schema to ``/openapi.json``,
+    for clients and for the schemathesis fuzz (tests/executor/test_fuzz.py)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's, cached in app.openapi_schema
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in bodies.items():
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+                ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+                schema["paths"][path]["post"]["requestBody"] = {
+                    "required": True, "content": {"application/json": {"schema": ref}}}
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -183,9 +211,6 @@ class OpenAIApi:
     async def metrics(self) -> Response:
         return Response(generate_latest(self.c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def layout(self) -> dict:
-        return {**self.c.health(), "groups": self.c.groups_report(), "startup": self.c.startup}
-
     # --- answers -------------------------------------------------------------------------
     async def _result_or_abort(self, request: Request, sr: ServingRequest) -> Finished:
         """Wait for the end of ``sr``; abort it if the client disconnects first."""
@@ -232,8 +257,10 @@ class OpenAIApi:
 
         async for event in sr.stream():
             if isinstance(event, Delta):
-                if event.text:
-                    yield chunk(event.text, None)
+                # One chunk per token, as vLLM does, even when its text is still empty (held
+                # back by a possible stop string, or a token that decodes to nothing): a
+                # client timestamps tokens, not text.
+                yield chunk(event.text, None)
             elif isinstance(event, Finished):
                 yield chunk("", event.reason)
                 if include_usage:
@@ -254,8 +281,7 @@ class OpenAIApi:
         yield chunk({"role": "assistant", "content": ""}, None)
         async for event in sr.stream():
             if isinstance(event, Delta):
-                if event.text:
-                    yield chunk({"content": event.text}, None)
+                yield chunk({"content": event.text}, None)  # one per token, as above
             elif isinstance(event, Finished):
                 yield chunk({}, event.reason)
                 if include_usage:

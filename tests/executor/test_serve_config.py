@@ -75,5 +75,5 @@ def test_resident_weights_are_laid_out_for_every_width_a_switch_may_use():
         return resident_tp_width(resolve_model(cfg).config, cfg)
 
     assert width(layout="dp", num_ranks=2) == 2  # DP now, TP2 later without a reload
-    assert width(layout="dp", num_ranks=4) == 1  # 2 KV heads cannot split 4 ways
-    assert width(layout="mixed", num_ranks=4) == 2  # ... but the static 2xTP2 still works
+    assert width(layout="dp", num_ranks=4) == 2  # 2 KV heads cannot split 4 ways, but 2 ways
+    assert width(layout="mixed", num_ranks=4) == 2  # ... so the static 2xTP2 works

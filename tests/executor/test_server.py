@@ -3,10 +3,7 @@ raw HTTP: outputs equal the engine's own greedy output; streaming; stops; 4xx er
 OpenAI's shape; the API key; metrics; a client that goes away frees its KV."""
 from tests.executor import requirements  # noqa: F401, I001  (first: skips without the extra)
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -52,20 +49,8 @@ def greedy(client, server, **kw):
 
 def http(server, path, body=None, key=API_KEY, raw: bytes | None = None):
     """(status, parsed JSON or text) of a raw request (no client-side checks)."""
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(server.url + path, data=data, method="POST" if data else "GET")
-    req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status, text = resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode()
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
+    from tests.executor.switching import http as raw_http
+    return raw_http(server, path, body, key, raw)
 
 
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:
