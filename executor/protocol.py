@@ -57,6 +57,37 @@ class Shutdown:
     pass
 
 
+@dataclass(frozen=True)
+class MemoryReport:
+    """Reply with the rank's memory use (``MemoryUsage``): the zero-copy checks' probe."""
+
+
+@dataclass(frozen=True)
+class CheckViews:
+    """Reply with the zero-copy invariants of the rank's current views (``ViewCheck``)."""
+
+
+@dataclass(frozen=True)
+class KVMoveItem:
+    """One request whose KV was written in the DP layout on ``src_rank`` (width 1) and is
+    to live in the TP layout of the group (width w) from now on."""
+
+    src_rank: int  # global rank whose pool holds the request's width-1 KV
+    num_tokens: int
+    dp_block_table: tuple[int, ...]  # on src_rank, blocks of B_base tokens
+    tp_block_table: tuple[int, ...]  # on every member, blocks of w * B_base tokens
+
+
+@dataclass(frozen=True)
+class MoveKV:
+    """Move these requests' KV into the TP layout of ``ranks`` over the process group (an
+    all-to-all of (w-1)/w of its bytes) instead of recomputing it. Every member must already
+    run at this width; every member gets the same message."""
+
+    ranks: tuple[int, ...]
+    items: tuple[KVMoveItem, ...]
+
+
 # --- worker -> coordinator ---------------------------------------------------------------
 @dataclass(frozen=True)
 class StartupCosts:
@@ -91,6 +122,32 @@ class Ack:
 class StepResult:
     step_id: int
     sampled_token_ids: dict[int, int]  # request id -> token, for sequences that sample
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    rank: int
+    rss_bytes: int  # resident set size of the worker process
+    device_allocated_bytes: int  # torch.cuda.memory_allocated (0 on CPU)
+    device_reserved_bytes: int  # torch.cuda.memory_reserved (0 on CPU)
+
+
+@dataclass(frozen=True)
+class ViewCheck:
+    rank: int
+    width: int
+    num_views: int  # active weight/bias views checked
+    violations: tuple[str, ...]  # one line per broken invariant; empty when all hold
+    resident_ptrs: tuple[int, ...]  # data_ptr of every resident parameter, by name
+    kv_storage_ptr: int
+
+
+@dataclass(frozen=True)
+class KVMoved:
+    rank: int
+    sent_bytes: int  # to the other members (the self share is a local copy)
+    received_bytes: int
     elapsed_s: float
 
 

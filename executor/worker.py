@@ -6,7 +6,9 @@ Start-up: load weights (full copy resident: shards are views) -> join the proces
 with the measured costs. Then a request/reply loop over the control channel:
 ``AllocateKV`` (pool size decided by the control plane), ``SetWidth`` (a handle from the
 pool, views re-pointed), ``Step`` (forward + sample; every member of a TP group gets the
-same plan, so collectives are issued in plan order by construction), ``Shutdown``.
+same plan, so collectives are issued in plan order by construction), ``Shutdown``;
+``MoveKV`` (DP-written KV into a TP layout, ``executor.kv_move``), and the zero-copy probes
+``CheckViews`` / ``MemoryReport`` (``executor.zero_copy``).
 
 Failure policy: any exception is reported as ``WorkerError`` and the worker exits; the
 coordinator fails the group (a TP peer may be inside a collective with it, so carrying on
@@ -29,11 +31,14 @@ import torch.distributed as dist
 
 from executor.comm_pool import CommunicatorPool
 from executor.kv_cache import PagedKVCache
+from executor.kv_move import move_kv_to_tp
 from executor.loader import dummy_model, load_model
 from executor.model import TORCH_DTYPES, CausalLM
 from executor.model_runner import ModelRunner
-from executor.protocol import (Ack, AllocateKV, Ready, SetWidth, Shutdown, StartupCosts, Step,
-                               StepResult, WorkerConfig, WorkerError)
+from executor.protocol import (Ack, AllocateKV, CheckViews, KVMoved, MemoryReport, MoveKV,
+                               Ready, SetWidth, Shutdown, StartupCosts, Step, StepResult,
+                               WorkerConfig, WorkerError)
+from executor.zero_copy import memory_usage, view_check
 
 PR_SET_PDEATHSIG = 1
 
@@ -139,7 +144,7 @@ class Worker:
                 return
             conn.send(self.handle(msg))
 
-    def handle(self, msg) -> Ack | StepResult:
+    def handle(self, msg):
         t0 = time.perf_counter()
         if isinstance(msg, Step):
             if self.runner is None:
@@ -155,7 +160,24 @@ class Worker:
                                         dtype=self.model.dtype, device=self.device)
             self.runner = ModelRunner(self.model, kv)
             return Ack("allocate_kv", time.perf_counter() - t0)
+        if isinstance(msg, MoveKV):
+            sent, received = self._move_kv(msg)
+            return KVMoved(self.rank, sent, received, time.perf_counter() - t0)
+        if isinstance(msg, MemoryReport):
+            return memory_usage(self.rank, self.device)
+        if isinstance(msg, CheckViews):
+            if self.runner is None:
+                raise RuntimeError("views were checked before the KV pool was allocated")
+            return view_check(self.rank, self.model, self.runner.kv_cache, self.runner.width)
         raise TypeError(f"unknown control message {type(msg).__name__}")
+
+    def _move_kv(self, msg: MoveKV) -> tuple[int, int]:
+        """DP-written KV into the TP layout of ``msg.ranks`` (see ``executor.kv_move``)."""
+        if self.runner is None or self.runner.width != len(msg.ranks):
+            raise RuntimeError(f"move_kv for group {msg.ranks} arrived while rank {self.rank} "
+                               f"runs at width {self.runner.width if self.runner else None}")
+        return move_kv_to_tp(self.runner.kv_cache, msg.items, msg.ranks, self.rank,
+                             self.pool.get(msg.ranks, self.rank))
 
     def _set_width(self, ranks: tuple[int, ...]) -> None:
         if self.runner is None:

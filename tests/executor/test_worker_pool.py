@@ -80,11 +80,16 @@ def test_a_killed_worker_fails_its_request_at_once():
                 os.kill(ready[1].pid, signal.SIGKILL)
                 t0 = time.monotonic()
                 # Rank 0 would wait in the all-reduce for its dead peer; the coordinator
-                # learns of the death from the process sentinel and fails the step now.
-                with pytest.raises(WorkerFailure, match="worker 1"):
+                # learns of the death from the process sentinel and fails the step now. Rank 0
+                # may get there first: its all-reduce reads a reset connection, it reports the
+                # error and exits. Either way the step fails at once, naming a group member.
+                with pytest.raises(WorkerFailure, match="worker [01]"):
                     await pool.request([0, 1], _step(2, 1), DEADLINE_S, "step")
                 assert time.monotonic() - t0 < 10
-                assert [r for r, _ in deaths] == [1] and "signal 9" in deaths[0][1]
+                while 1 not in dict(deaths) and time.monotonic() - t0 < 10:
+                    await asyncio.sleep(0.05)  # the sentinel may fire just after rank 0's error
+                assert "signal 9" in dict(deaths)[1]
+                assert {r for r, _ in deaths} <= {0, 1}
             finally:
                 await pool.shutdown(timeout_s=2)
             return [r.pid for r in ready]
