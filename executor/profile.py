@@ -43,6 +43,8 @@ from policies.specs import kv_block_bytes_per_gpu
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "flying-serving-step-profile/1"
+SHAPE_KEYS = ("tp_gpus", "num_tokens", "num_seqs", "num_logits", "attn_pairs", "kv_tokens_read",
+              "num_prefill_tokens")
 
 
 @dataclass
@@ -280,6 +282,42 @@ class Profiler:
         }
 
 
+def profile_from_runs(run_dirs: list[Path], model: ResolvedModel, device: str) -> dict:
+    """A profile of the steps a server actually ran (its run directories' steps.parquet):
+    the same costs under the same host load as serving, which a synthetic grid on idle
+    workers can miss (on a small CPU host the coordinator and the clients share the cores
+    with the ranks, and a TP step waits for its slowest member)."""
+    import pandas as pd
+
+    frames, flips = [], []
+    for run_dir in run_dirs:
+        steps = Path(run_dir) / "steps.parquet"
+        if not steps.is_file():
+            raise ValueError(f"{run_dir}: no steps.parquet (a run directory of `python -m "
+                             f"executor serve --output-dir DIR` has one)")
+        frames.append(pd.read_parquet(steps))
+        switches = Path(run_dir) / "switches.parquet"
+        if switches.is_file():
+            flips += [f for f in pd.read_parquet(switches).get("flip_s", []) if f > 0]
+    steps = pd.concat(frames, ignore_index=True)
+    if steps.empty:
+        raise ValueError(f"no steps in {', '.join(map(str, run_dirs))}")
+    rows = [{"kind": "served", **{k: int(r[k]) for k in SHAPE_KEYS}, "step_s": float(r["step_s"]),
+             "samples": 1} for r in steps.to_dict("records")]
+    switch = {"flips": 0}
+    if flips:
+        switch = {"flip_s_p50": statistics.median(flips), "flip_s_p99": percentile(flips, 99),
+                  "flip_s_mean": statistics.fmean(flips), "flips": len(flips)}
+    spec = model_spec(model)
+    return {"format": PROFILE_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hardware": hardware_description(device, []), "software": software_versions(),
+            "model": dataclasses.asdict(spec),
+            "settings": {"device": device, "source": "served steps",
+                         "runs": [str(d) for d in run_dirs], "dtype": spec.dtype},
+            "steps": rows, "switch": switch, "skipped": []}
+
+
 def hardware_description(device: str, worker_devices: list[str]) -> dict:
     info = {"device": device, "machine": platform.machine(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "worker_devices": worker_devices}
@@ -335,6 +373,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--repeats", type=int, default=grid.repeats, help="timed steps per point and group")
     add("--warmup", type=int, default=grid.warmup)
     add("--flips", type=int, default=grid.flips, help="DP<->TP flips per direction")
+    add("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
+        help="instead of a grid on fresh workers: the steps these server run directories "
+             "ran (their steps.parquet), as served")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -366,7 +407,14 @@ def main(args: argparse.Namespace) -> int:
     output = Path(args.output or f"profiles/{args.device}_{model.config.name}_r{args.num_ranks}"
                   f".json")
     t0 = time.perf_counter()
-    doc = asyncio.run(Profiler(cfg, model, grid).run())
+    if args.from_runs:
+        try:
+            doc = profile_from_runs([Path(d) for d in args.from_runs], model, args.device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        doc = asyncio.run(Profiler(cfg, model, grid).run())
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(doc, indent=1) + "\n")
     print(summary_text(doc, time.perf_counter() - t0, output))
@@ -374,9 +422,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def summary_text(doc: dict, wall_s: float, output: Path) -> str:
-    lines = [f"profiled {doc['model']['name']} on {doc['settings']['num_ranks']} "
-             f"{doc['hardware']['device']} rank(s) ({doc['hardware']['cpu']}) in {wall_s:.1f} s: "
-             f"{len(doc['steps'])} step points"]
+    where = (f"{doc['settings']['num_ranks']} {doc['hardware']['device']} rank(s)"
+             if "num_ranks" in doc["settings"] else "served steps")
+    lines = [f"profiled {doc['model']['name']} on {where} ({doc['hardware']['cpu']}) in "
+             f"{wall_s:.1f} s: {len(doc['steps'])} step points"]
     by_width: dict[int, list[dict]] = {}
     for row in doc["steps"]:
         by_width.setdefault(row["tp_gpus"], []).append(row)

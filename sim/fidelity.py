@@ -9,8 +9,11 @@ For each policy (default: static DP, static TP, flying) on this machine:
    stopped with SIGINT so that it writes its own run outputs (switches.parquet) too;
 2. the simulated side: ``sim.run.simulate`` of the same trace config, the same model shape,
    scheduler limits and KV pool, the same policy and switch settings, priced by the profiled
-   predictor from this machine's profile (``python -m executor profile``, run first unless
-   ``--profile`` names one);
+   predictor from this machine's profile, made first unless ``--profile`` names one:
+   ``--calibration served`` (default) fits the steps that static DP and static TP servers ran
+   while replaying the trace with another seed (``python -m executor profile --from-runs``),
+   so the profile carries the host load of serving; ``--calibration grid`` runs
+   ``python -m executor profile`` on idle workers;
 3. per-metric error (sim - real) / real for mean and P90 TTFT, mean TPOT, output throughput
    and the switch count, and whether the policies rank the same on both.
 
@@ -54,7 +57,9 @@ class FidelityConfig:
     trace: str = "poisson"
     trace_overrides: list[str] = field(default_factory=list)  # KEY=VALUE onto conf/trace
     policies: list[str] = field(default_factory=lambda: ["static_dp", "static_tp", "flying"])
-    profile: str | None = None  # None: profile this machine first
+    profile: str | None = None  # None: profile this machine first (see calibration)
+    calibration: str = "served"  # served: fit the steps of calibration runs | grid: a grid
+    seed: int = 0  # the compared trace's; calibration runs use seed + 1
     kv_cache_mib: float = 64.0
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 32
@@ -155,6 +160,22 @@ def warm_up(base_url: str, n: int) -> None:
 
 
 # --- one policy, both sides ------------------------------------------------------------------
+def profile_served(cfg: FidelityConfig, out_dir: Path) -> Path:
+    """Calibrate from steps as served: replay the trace with another seed on static DP and
+    static TP servers (every width the comparison uses), then fit a profile to the steps they
+    ran. Same host load as the comparison runs, different requests."""
+    runs = []
+    for policy in ("static_dp", "static_tp"):
+        run_dir = out_dir / f"calibration_{policy}"
+        run_real(cfg, policy, run_dir, seed=cfg.seed + 1)
+        runs.append(str(run_dir / "server"))
+    path = out_dir / "profile.json"
+    cmd = [sys.executable, "-m", "executor", "profile", "--model", cfg.model,
+           "--from-runs", *runs, "-o", str(path), "--log-level", "warning"]
+    run_command(cmd, out_dir / "profile.log", timeout_s=600)
+    return path
+
+
 def profile_machine(cfg: FidelityConfig, out_dir: Path) -> Path:
     path = out_dir / "profile.json"
     cmd = [sys.executable, "-m", "executor", "profile", "--model", cfg.model,
@@ -181,7 +202,8 @@ def _csv(values: list[int]) -> str:
     return ",".join(str(v) for v in values)
 
 
-def run_real(cfg: FidelityConfig, policy: str, run_dir: Path) -> tuple[pd.DataFrame, int]:
+def run_real(cfg: FidelityConfig, policy: str, run_dir: Path, seed: int | None = None
+             ) -> tuple[pd.DataFrame, int]:
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     serve = [sys.executable, "-m", "executor", "serve", "--model", cfg.model,
@@ -195,7 +217,8 @@ def run_real(cfg: FidelityConfig, policy: str, run_dir: Path) -> tuple[pd.DataFr
         warm_up(server.base_url, cfg.warmup_requests)
         replay = [sys.executable, "-m", "executor", "replay", f"+trace={cfg.trace}",
                   *cfg.trace_overrides, f"server.base_url={server.base_url}",
-                  f"server.policy={policy}", "prompt.tokenizer=bytes", "output.progress=false",
+                  f"server.policy={policy}", f"seed={cfg.seed if seed is None else seed}",
+                  "prompt.tokenizer=bytes", "output.progress=false",
                   f"hydra.run.dir={run_dir / 'replay'}"]
         run_command(replay, run_dir / "replay.log", cfg.replay_timeout_s)
     requests = pd.read_parquet(run_dir / "replay" / "requests.parquet")
@@ -205,7 +228,7 @@ def run_real(cfg: FidelityConfig, policy: str, run_dir: Path) -> tuple[pd.DataFr
 
 
 def sim_overrides(cfg: FidelityConfig, policy: str, profile: Path) -> list[str]:
-    return [f"+trace={cfg.trace}", *cfg.trace_overrides, f"model={cfg.model}",
+    return [f"+trace={cfg.trace}", *cfg.trace_overrides, f"seed={cfg.seed}", f"model={cfg.model}",
             "cluster=cpu2", f"cluster.num_gpus={cfg.num_ranks}",
             f"cluster.name=cpu{cfg.num_ranks}", f"policy={policy}", "predictor=profiled",
             f"predictor.profile_path={profile.resolve()}",
@@ -290,7 +313,12 @@ def _fmt(metric: str, value: float) -> str:
 def run(cfg: FidelityConfig, command: str) -> pd.DataFrame:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    profile = Path(cfg.profile) if cfg.profile else profile_machine(cfg, out)
+    if cfg.profile:
+        profile = Path(cfg.profile)
+    elif cfg.calibration == "served":
+        profile = profile_served(cfg, out)
+    else:
+        profile = profile_machine(cfg, out)
     rows, reports = [], {}
     for policy in cfg.policies:
         print(f"[{policy}] executor ...", flush=True)
@@ -305,6 +333,7 @@ def run(cfg: FidelityConfig, command: str) -> pd.DataFrame:
     ranks = rankings(table)
     meta = {"model": cfg.model, "num_ranks": cfg.num_ranks, "trace": cfg.trace,
             "command": command, "profile": str(profile), "predictor": reports,
+            "calibration": "given" if cfg.profile else cfg.calibration,
             "created": datetime.now().isoformat(timespec="seconds")}
     table.to_csv(out / "fidelity.csv", index=False)
     ranks.to_csv(out / "rankings.csv", index=False)
@@ -333,6 +362,10 @@ def parse_args(argv: list[str]) -> FidelityConfig:
     p.add_argument("--policies", default=",".join(d.policies))
     p.add_argument("--profile", default=None, help="a profile JSON of this machine (default: "
                                                    "measure one first)")
+    p.add_argument("--calibration", choices=["served", "grid"], default=d.calibration,
+                   help="served: profile the steps of calibration runs (static DP and TP, "
+                        "trace seed + 1); grid: python -m executor profile on idle workers")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--kv-cache-mib", type=float, default=d.kv_cache_mib)
     p.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
     p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
@@ -350,7 +383,8 @@ def parse_args(argv: list[str]) -> FidelityConfig:
     cfg = FidelityConfig(model=a.model, num_ranks=a.num_ranks, trace=a.trace,
                          trace_overrides=a.trace_set,
                          policies=[x for x in a.policies.split(",") if x],
-                         profile=a.profile, kv_cache_mib=a.kv_cache_mib,
+                         profile=a.profile, calibration=a.calibration, seed=a.seed,
+                         kv_cache_mib=a.kv_cache_mib,
                          max_num_batched_tokens=a.max_num_batched_tokens,
                          max_num_seqs=a.max_num_seqs, warmup_requests=a.warmup_requests,
                          output_dir=out, check=a.check)

@@ -5,7 +5,8 @@ to::
 
     step_s = f_tp(num_tokens) + a_tp * num_logits + b_tp * attn_pairs + c_tp * kv_tokens_read
 
-``f_tp`` is piecewise linear in ``num_tokens`` with a knot at every profiled token count, so
+``f_tp`` is piecewise linear in ``num_tokens`` with a knot at every profiled token count (at
+most ``MAX_KNOTS``, at quantiles, for a profile of thousands of served steps), so
 the fixed cost of a step and the GEMMs' memory-bound floor and compute-bound slope are all
 read off the measurements rather than assumed; the other three terms are what the sampler
 and attention add. A step outside the profiled region (an unprofiled width, or more tokens,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 PROFILE_FORMAT = "flying-serving-step-profile/1"  # executor.profile writes it
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ModelSpec fields that change step cost: a profile of another shape cannot price this one.
+MAX_KNOTS = 24
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
                 "vocab_size", "dtype")
 
@@ -148,19 +150,33 @@ def hat_basis(tokens: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(tokens, knots, eye[j]) for j in range(len(knots))], axis=1)
 
 
+def _weighted_nnls(design: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """NNLS of weights * (design @ x - y); columns scaled to unit norm for the solver's
+    conditioning, then scaled back."""
+    a = design * weights[:, None]
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    return nnls(a / scale, y * weights) / scale
+
+
+def token_knots(tokens: np.ndarray) -> np.ndarray:
+    """Every profiled token count for a grid; for a profile of served steps (thousands of
+    distinct counts) MAX_KNOTS quantiles, so each piece is fitted on many steps."""
+    knots = np.unique(tokens)
+    if len(knots) <= MAX_KNOTS:
+        return knots
+    return np.unique(np.round(np.quantile(tokens, np.linspace(0.0, 1.0, MAX_KNOTS))))
+
+
 def fit_width(rows: list[dict]) -> WidthFit:
     tokens = np.array([r["num_tokens"] for r in rows], dtype=np.float64)
     extra = np.array([[r["num_logits"], r["attn_pairs"], r["kv_tokens_read"]] for r in rows],
                      dtype=np.float64)
     y = np.array([r["step_s"] for r in rows], dtype=np.float64)
-    knots = np.unique(tokens)
+    knots = token_knots(tokens)
     design = np.hstack([hat_basis(tokens, knots), extra])
-    # Relative error: a 1 ms decode and a 100 ms prefill count alike. Columns are scaled to
-    # unit norm for the solver's conditioning, then scaled back.
-    weighted = design / y[:, None]
-    scale = np.linalg.norm(weighted, axis=0)
-    scale[scale == 0] = 1.0
-    coef = nnls(weighted / scale, np.ones_like(y)) / scale
+    # Relative error: a 1 ms decode and a 100 ms prefill count alike.
+    coef = _weighted_nnls(design, y, 1.0 / y)
     pred = design @ coef
     k = len(knots)
     return WidthFit(knots, coef[:k], float(coef[k]), float(coef[k + 1]), float(coef[k + 2]),
