@@ -9,7 +9,9 @@ to::
 most ``MAX_KNOTS``, at quantiles, for a profile of thousands of served steps), so
 the fixed cost of a step and the GEMMs' memory-bound floor and compute-bound slope are all
 read off the measurements rather than assumed; the other three terms are what the sampler
-and attention add. A step outside the profiled region (an unprofiled width, or more tokens,
+and attention add. The fit then drops stalls (steps over ``STALL_RATIO`` times their fitted
+cost) and is scaled once so that it adds up to the measured total of the rest: a run's mean
+TPOT and throughput sum every step, not the typical one. A step outside the profiled region (an unprofiled width, or more tokens,
 logits, attention pairs or KV than any profiled step) is priced by the roofline predictor
 instead and counted in ``fallbacks`` (the run reports it).
 
@@ -37,6 +39,7 @@ PROFILE_FORMAT = "flying-serving-step-profile/1"  # executor.profile writes it
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ModelSpec fields that change step cost: a profile of another shape cannot price this one.
 MAX_KNOTS = 24
+STALL_RATIO = 3.0  # a step this many times its fitted cost is a stall, not a cost
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
                 "vocab_size", "dtype")
 
@@ -177,6 +180,12 @@ def fit_width(rows: list[dict]) -> WidthFit:
     design = np.hstack([hat_basis(tokens, knots), extra])
     # Relative error: a 1 ms decode and a 100 ms prefill count alike.
     coef = _weighted_nnls(design, y, 1.0 / y)
+    # That lands on the typical step; a run's mean TPOT and throughput add up the mean one.
+    # One scale factor matches the totals, over the steps within STALL_RATIO of the fit (a
+    # served profile holds a few stalls: lazy initialisation, a descheduled rank).
+    ratio = y / np.maximum(design @ coef, 1e-12)
+    kept = ratio < STALL_RATIO
+    coef *= y[kept].sum() / max((design[kept] @ coef).sum(), 1e-12)
     pred = design @ coef
     k = len(knots)
     return WidthFit(knots, coef[:k], float(coef[k]), float(coef[k + 1]), float(coef[k + 2]),
