@@ -43,7 +43,7 @@ from executor.model_config import ModelConfig
 from executor.protocol import (AllocateKV, KVMoved, KVMoveItem, MoveKV, SetWidth, Step,
                                WorkerConfig)
 from executor.serve_config import (DIVIDED_DIMS, ResolvedModel, ServeConfig, ServeConfigError,
-                                   resolve_model)
+                                   resolve_model, threads_per_rank)
 from executor.step_input import SequenceStep, StepInput
 from executor.worker_pool import WorkerPool
 from executor.profile import cpu_model, percentile
@@ -134,9 +134,7 @@ def widen_kv_heads(model: ResolvedModel, num_ranks: int) -> tuple[ModelConfig, s
 
 def worker_configs(s: FlipBenchSettings, model: BenchModel, rendezvous_dir: str
                    ) -> list[WorkerConfig]:
-    threads = s.threads_per_rank
-    if threads is None and s.device == "cpu":  # the ranks share the machine's cores
-        threads = max(1, (os.cpu_count() or 1) // s.num_ranks)
+    threads = threads_per_rank(s.device, s.num_ranks, s.threads_per_rank)
     folder = model.resolved.folder
     return [WorkerConfig(rank=r, world_size=s.num_ranks, device=s.device,
                          rendezvous=f"file://{rendezvous_dir}/store",

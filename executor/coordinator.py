@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import tempfile
 import time
@@ -36,7 +35,7 @@ from executor.metrics import ServerMetrics
 from executor.protocol import AllocateKV, Ready, SetWidth, WorkerConfig
 from executor.serve_config import (EXECUTOR_SPLIT_STRATEGIES, ResolvedModel, ServeConfig,
                                    cluster_and_memory, feasible_widths, model_spec,
-                                   resident_tp_width, scheduler_config)
+                                   scheduler_config, worker_configs)
 from executor.serving_request import GenerationParams, ServingRequest
 from executor.step_costs import MeasuredStepCosts
 from executor.step_input import StepInput
@@ -167,19 +166,7 @@ class Coordinator:
         self._spawn(self._sample_loop())
 
     def _worker_configs(self) -> list[WorkerConfig]:
-        cfg, model = self.cfg, self.model
-        threads = cfg.threads_per_rank
-        if threads is None and cfg.device == "cpu":  # ranks share the machine's cores
-            threads = max(1, (os.cpu_count() or 1) // cfg.num_ranks)
-        rendezvous = f"file://{self._rendezvous_dir.name}/store"
-        return [WorkerConfig(rank=r, world_size=cfg.num_ranks, device=cfg.device,
-                             rendezvous=rendezvous,
-                             model_folder=str(model.folder) if model.folder else None,
-                             model_config=model.config, dtype=model.load_dtype,
-                             max_tp_width=resident_tp_width(model.config, cfg), seed=cfg.seed,
-                             num_threads=threads,
-                             collective_timeout_s=cfg.collective_timeout_s)
-                for r in range(cfg.num_ranks)]
+        return worker_configs(self.cfg, self.model, self._rendezvous_dir.name)
 
     def _make_control_plane(self, ready: list[Ready]) -> ControlPlane:
         spec = model_spec(self.model)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from executor.protocol import AllocateKV, SetWidth, Step, WorkerConfig
+from executor.protocol import AllocateKV, SetWidth, Step
 from executor.serve_config import (ResolvedModel, ServeConfig, ServeConfigError, model_spec,
-                                   resident_tp_width, resolve_model)
+                                   resolve_model, threads_per_rank, worker_configs)
 from executor.step_input import SequenceStep, StepInput
 from executor.worker_pool import WorkerPool
 from policies.layout import candidate_groups
@@ -151,22 +151,10 @@ class Profiler:
         self.skipped: list[str] = []
 
     # --- workers -------------------------------------------------------------------------
-    def worker_configs(self, rendezvous_dir: str) -> list[WorkerConfig]:
-        cfg, model = self.cfg, self.model
-        threads = cfg.threads_per_rank
-        if threads is None and cfg.device == "cpu":  # ranks share the machine's cores
-            threads = max(1, (os.cpu_count() or 1) // cfg.num_ranks)
-        return [WorkerConfig(rank=r, world_size=cfg.num_ranks, device=cfg.device,
-                             rendezvous=f"file://{rendezvous_dir}/store",
-                             model_folder=str(model.folder) if model.folder else None,
-                             model_config=model.config, dtype=model.load_dtype,
-                             max_tp_width=resident_tp_width(model.config, cfg), seed=cfg.seed,
-                             num_threads=threads, collective_timeout_s=cfg.collective_timeout_s)
-                for r in range(cfg.num_ranks)]
 
     async def run(self) -> dict:
         with tempfile.TemporaryDirectory(prefix="flying-profile-") as rendezvous:
-            self.pool = WorkerPool(self.worker_configs(rendezvous),
+            self.pool = WorkerPool(worker_configs(self.cfg, self.model, rendezvous),
                                    start_method=self.cfg.start_method)
             try:
                 ready = await self.pool.start(self.cfg.startup_timeout_s)
@@ -271,7 +259,8 @@ class Profiler:
             "software": software_versions(),
             "model": dataclasses.asdict(spec),
             "settings": {"device": self.cfg.device, "num_ranks": self.cfg.num_ranks,
-                         "threads_per_rank": self.worker_configs("unused")[0].num_threads,
+                         "threads_per_rank": threads_per_rank(self.cfg.device, self.cfg.num_ranks,
+                                                              self.cfg.threads_per_rank),
                          "block_size_tokens": self.cfg.block_size_tokens,
                          "kv_blocks_per_rank": self.num_blocks, "dtype": spec.dtype,
                          "dummy_weights": self.model.folder is None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from executor.model_config import SUPPORTED_DTYPES, ModelConfig
+from executor.protocol import WorkerConfig
 from policies.layout import Layout, candidate_groups
 from policies.policy import SWITCHING_KINDS, PolicyConfig, make_policy
 from policies.scheduler import SchedulerConfig
@@ -282,6 +283,27 @@ def feasible_widths(config: ModelConfig, num_ranks: int) -> list[int]:
     sharded dimension): what any switch may form."""
     widths = sorted({g.num_engines for g in candidate_groups(num_ranks)})
     return [w for w in widths if all(getattr(config, what) % w == 0 for what in DIVIDED_DIMS)]
+
+
+def threads_per_rank(device: str, num_ranks: int, threads: int | None) -> int | None:
+    """CPU intra-op threads of one rank: as asked, else the machine's cores shared out."""
+    if threads is None and device == "cpu":
+        return max(1, (os.cpu_count() or 1) // num_ranks)
+    return threads
+
+
+def worker_configs(cfg: ServeConfig, model: ResolvedModel, rendezvous_dir: str
+                   ) -> list[WorkerConfig]:
+    """One ``WorkerConfig`` per rank: what the server and the profiler start."""
+    return [WorkerConfig(rank=r, world_size=cfg.num_ranks, device=cfg.device,
+                         rendezvous=f"file://{rendezvous_dir}/store",
+                         model_folder=str(model.folder) if model.folder else None,
+                         model_config=model.config, dtype=model.load_dtype,
+                         max_tp_width=resident_tp_width(model.config, cfg), seed=cfg.seed,
+                         num_threads=threads_per_rank(cfg.device, cfg.num_ranks,
+                                                      cfg.threads_per_rank),
+                         collective_timeout_s=cfg.collective_timeout_s)
+            for r in range(cfg.num_ranks)]
 
 
 def resident_tp_width(config: ModelConfig, cfg: ServeConfig) -> int:
