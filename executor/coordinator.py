@@ -97,7 +97,7 @@ class Coordinator:
         self.retired_tokens: dict[str, int] = {}
         self.widths = feasible_widths(model.config, cfg.num_ranks)  # what a switch may form
         self.step_costs = MeasuredStepCosts()  # what slo_aware prices layouts with
-        # (time_s, group, StepShape, seconds) of the latest steps: steps.parquet, which
+        # (time_s, group, StepShape, step_s, host_s) of the latest steps: steps.parquet, which
         # `python -m executor profile --from-runs` turns into a profile of steps as served.
         self.step_log: deque = deque(maxlen=STEP_LOG_MAX)
         self.rank_group: dict[int, tuple[int, ...]] = {r: (r,) for r in range(cfg.num_ranks)}

@@ -44,6 +44,10 @@ class EngineLoop:
         self.step_ids: frozenset[int] = frozenset()  # requests of the step in flight
         self.num_steps = 0
         self.output_tokens_total = 0
+        # When the previous step's results came back; None after the loop waited for work.
+        # The time from there to the next dispatch (completing the previous step, applying
+        # aborts, scheduling and building the next) is host cost the steps pay back to back.
+        self._last_end_s: float | None = None
         self._wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -65,6 +69,7 @@ class EngineLoop:
                 now = self.c.now()
                 if not self.c.control.may_step(self.gid, now) or not self.scheduler.has_work:
                     self._wakeup.clear()  # no await since the check: no wake-up is lost
+                    self._last_end_s = None
                     await self._wakeup.wait()
                     continue
                 await self.step(now)
@@ -83,14 +88,16 @@ class EngineLoop:
         step = self.build(out)
         self.in_step, self.step_ids = True, frozenset(s.request_id for s in out.scheduled)
         t0 = time.perf_counter()
+        host_s = t0 - self._last_end_s if self._last_end_s is not None else float("nan")
         try:
             results = await self.c.pool.request(self.ranks, Step(step), self.c.cfg.step_timeout_s,
                                                 f"finish step {step.step_id}")
         finally:
             self.in_step = False
-        shape, step_s = out.shape(), time.perf_counter() - t0
+        self._last_end_s = time.perf_counter()
+        shape, step_s = out.shape(), self._last_end_s - t0
         self.c.step_costs.record(shape, step_s)
-        self.c.step_log.append((self.c.now(), self.label, shape, step_s))
+        self.c.step_log.append((self.c.now(), self.label, shape, step_s, host_s))
         tokens = self.agreed_tokens(step, results)
         self.num_steps += 1
         self.output_tokens_total += len(tokens)

@@ -271,42 +271,6 @@ class Profiler:
         }
 
 
-def profile_from_runs(run_dirs: list[Path], model: ResolvedModel, device: str) -> dict:
-    """A profile of the steps a server actually ran (its run directories' steps.parquet):
-    the same costs under the same host load as serving, which a synthetic grid on idle
-    workers can miss (on a small CPU host the coordinator and the clients share the cores
-    with the ranks, and a TP step waits for its slowest member)."""
-    import pandas as pd
-
-    frames, flips = [], []
-    for run_dir in run_dirs:
-        steps = Path(run_dir) / "steps.parquet"
-        if not steps.is_file():
-            raise ValueError(f"{run_dir}: no steps.parquet (a run directory of `python -m "
-                             f"executor serve --output-dir DIR` has one)")
-        frames.append(pd.read_parquet(steps))
-        switches = Path(run_dir) / "switches.parquet"
-        if switches.is_file():
-            flips += [f for f in pd.read_parquet(switches).get("flip_s", []) if f > 0]
-    steps = pd.concat(frames, ignore_index=True)
-    if steps.empty:
-        raise ValueError(f"no steps in {', '.join(map(str, run_dirs))}")
-    rows = [{"kind": "served", **{k: int(r[k]) for k in SHAPE_KEYS}, "step_s": float(r["step_s"]),
-             "samples": 1} for r in steps.to_dict("records")]
-    switch = {"flips": 0}
-    if flips:
-        switch = {"flip_s_p50": statistics.median(flips), "flip_s_p99": percentile(flips, 99),
-                  "flip_s_mean": statistics.fmean(flips), "flips": len(flips)}
-    spec = model_spec(model)
-    return {"format": PROFILE_FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hardware": hardware_description(device, []), "software": software_versions(),
-            "model": dataclasses.asdict(spec),
-            "settings": {"device": device, "source": "served steps",
-                         "runs": [str(d) for d in run_dirs], "dtype": spec.dtype},
-            "steps": rows, "switch": switch, "skipped": []}
-
-
 def hardware_description(device: str, worker_devices: list[str]) -> dict:
     info = {"device": device, "machine": platform.machine(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "worker_devices": worker_devices}
@@ -365,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
         help="instead of a grid on fresh workers: the steps these server run directories "
              "ran (their steps.parquet), as served")
+    add("--replays", nargs="+", default=None, metavar="REPLAY_DIR",
+        help="with --from-runs: the replay client's output directory of each run (same "
+             "order), to measure the client overhead per request (HTTP, tokenisation, SSE)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -396,9 +363,15 @@ def main(args: argparse.Namespace) -> int:
     output = Path(args.output or f"profiles/{args.device}_{model.config.name}_r{args.num_ranks}"
                   f".json")
     t0 = time.perf_counter()
+    if args.replays and not args.from_runs:
+        print("error: --replays needs --from-runs (the server runs they were replayed against)",
+              file=sys.stderr)
+        return 2
     if args.from_runs:
+        from executor.served_profile import profile_from_runs
         try:
-            doc = profile_from_runs([Path(d) for d in args.from_runs], model, args.device)
+            doc = profile_from_runs([Path(d) for d in args.from_runs], model, args.device,
+                                    [Path(d) for d in args.replays or []])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -419,14 +392,18 @@ def summary_text(doc: dict, wall_s: float, output: Path) -> str:
     for row in doc["steps"]:
         by_width.setdefault(row["tp_gpus"], []).append(row)
     for width, rows in sorted(by_width.items()):
-        decode1 = [r["step_s"] for r in rows if r["kind"] == "decode" and r["num_seqs"] == 1]
+        decode1 = [r["step_s"] for r in rows if r["num_tokens"] == 1]
         biggest = max(rows, key=lambda r: r["num_tokens"])
-        lines.append(f"  width {width}: batch-1 decode {1e3 * min(decode1, default=0):.2f} ms, "
+        lines.append(f"  width {width}: batch-1 decode (median) "
+                     f"{1e3 * (statistics.median(decode1) if decode1 else 0):.2f} ms, "
                      f"{biggest['num_tokens']}-token step {1e3 * biggest['step_s']:.2f} ms")
     sw = doc["switch"]
     if sw.get("flips"):
         lines.append(f"  flip DP<->TP: p50 {1e3 * sw['flip_s_p50']:.2f} ms, "
                      f"p99 {1e3 * sw['flip_s_p99']:.2f} ms over {sw['flips']} flips")
+    for width, o in sorted(doc.get("serving", {}).get("client_overhead_s", {}).items()):
+        lines.append(f"  width {width}: client overhead {1e3 * o['mean_s']:.2f} ms mean, "
+                     f"{1e3 * o['median_s']:.2f} ms median over {o['requests']} requests")
     if doc["skipped"]:
         lines.append(f"  skipped {len(doc['skipped'])} point(s), e.g. {doc['skipped'][0]}")
     lines.append(f"written to {output}")

@@ -1,7 +1,9 @@
 """The executor's run directory, in the simulator's format (``analysis.load_run`` reads both):
 requests.parquet (``policies.records`` columns, backend "executor"), samples.parquet,
 layouts.parquet, switches.parquet, summary.json (run metadata and start-up costs), and
-steps.parquet: every step's ``StepShape`` and measured round trip (a profile as served)."""
+steps.parquet: every step's ``StepShape``, measured round trip (``step_s``) and the host time
+since the previous step's results (``host_s``, NaN after the loop waited for work): a profile
+as served."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 SAMPLE_COLUMNS = ["time_s", "group", "tp_gpus", "queued_requests", "running_requests",
                   "kv_blocks_used", "kv_blocks_total", "output_tokens_total"]
 STEP_COLUMNS = ["time_s", "group", "tp_gpus", "num_tokens", "num_seqs", "num_logits",
-                "attn_pairs", "kv_tokens_read", "num_prefill_tokens", "step_s"]
+                "attn_pairs", "kv_tokens_read", "num_prefill_tokens", "step_s", "host_s"]
 
 
 def write_run_outputs(out_dir: Path, coordinator: "Coordinator") -> Path:
@@ -33,8 +35,8 @@ def write_run_outputs(out_dir: Path, coordinator: "Coordinator") -> Path:
     pd.DataFrame(control.layouts).to_parquet(out_dir / "layouts.parquet", index=False)
     pd.DataFrame([s.row() for s in control.switches], columns=SWITCH_COLUMNS).to_parquet(
         out_dir / "switches.parquet", index=False)
-    steps = [{"time_s": t, "group": g, **dataclasses.asdict(shape), "step_s": step_s}
-             for t, g, shape, step_s in coordinator.step_log]
+    steps = [{"time_s": t, "group": g, **dataclasses.asdict(shape), "step_s": step_s,
+              "host_s": host_s} for t, g, shape, step_s, host_s in coordinator.step_log]
     pd.DataFrame(steps, columns=STEP_COLUMNS).to_parquet(out_dir / "steps.parquet", index=False)
     cfg, model = coordinator.cfg, coordinator.model
     run = {"backend": "executor", "model": model.served_name,

@@ -28,6 +28,9 @@ class PredictorConfig(RooflineConfig):
 
     profile_path: Optional[str] = None  # profile JSON (absolute, or from cwd / the repo root)
     use_profiled_flip: bool = True  # the profile's measured flip (p50) replaces switch.flip_s
+    # Report times as a streaming client sees them: the profile's measured client overhead
+    # (serving.client_overhead_s, per TP width) is added to first token and finish.
+    use_client_overhead: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,23 +3,36 @@ simulator, and how far apart they land.
 
 For each policy (default: static DP, static TP, flying) on this machine:
 
-1. the real side: ``python -m executor serve`` (CPU ranks, gloo) in its own process group,
-   a few warm-up requests, then ``python -m executor replay`` of the trace against it
-   (open loop, the trace's arrival times scaled by ``trace.rate_scale``); the server is
-   stopped with SIGINT so that it writes its own run outputs (switches.parquet) too;
-2. the simulated side: ``sim.run.simulate`` of the same trace config, the same model shape,
-   scheduler limits and KV pool, the same policy and switch settings, priced by the profiled
-   predictor from this machine's profile, made first unless ``--profile`` names one:
-   ``--calibration served`` (default) fits the steps that static DP and static TP servers ran
-   while replaying the trace with another seed (``python -m executor profile --from-runs``),
-   so the profile carries the host load of serving; ``--calibration grid`` runs
-   ``python -m executor profile`` on idle workers;
-3. per-metric error (sim - real) / real for mean and P90 TTFT, mean TPOT, output throughput
-   and the switch count, and whether the policies rank the same on both.
+1. the real side, ``--repeats`` times (default 3): ``python -m executor serve`` (CPU ranks,
+   gloo) in its own process group, a few warm-up requests, then ``python -m executor
+   replay`` of the trace against it (open loop, the trace's arrival times scaled by
+   ``trace.rate_scale``); the server is stopped with SIGINT so that it writes its own run
+   outputs (switches.parquet) too. Two identical real runs on a small shared machine differ
+   by tens of %, more than the 10 % bar (a run that lands in a slow stretch of the machine
+   is 40 % slower throughout), so the real value of a metric is the median over the
+   repetitions, which one such run cannot move, and their min, max and spread say how noisy
+   it is. The repetitions are
+   interleaved (repetition 1 of every policy, then repetition 2, ...) so that a slow drift
+   of the machine spreads over all policies instead of biasing the one run last;
+2. the simulated side, once per policy (it is deterministic): ``sim.run.simulate`` of the
+   same trace config, the same model shape, scheduler limits and KV pool, the same policy
+   and switch settings, priced by the profiled predictor from this machine's profile, made
+   first unless ``--profile`` names one: ``--calibration served`` (default) fits the steps
+   that static DP and static TP servers ran while replaying the trace with another seed,
+   once each (``python -m executor profile --from-runs ... --replays ...``), so the profile
+   carries the host load of serving; ``--calibration grid`` runs ``python -m executor
+   profile`` on idle workers;
+3. per-metric error (sim - real) / real, real being the median over the repetitions, for
+   mean and P90 TTFT, mean TPOT, output throughput and the switch count, and whether the
+   policies rank the same on both: on every pair of policies that the real runs tell apart
+   (their min-max ranges are disjoint and their medians more than ``RANK_TOLERANCE_PCT``
+   apart), the simulator must order them the same way and tell them apart too.
 
 The executor is only ever run as a command (its CLI is the contract): the simulator does not
-import it. Outputs: ``fidelity.csv`` (policy, metric, sim, real, error_pct), ``fidelity.md``
-and every run directory, under ``--output-dir``.
+import it. Outputs, under ``--output-dir``: ``fidelity.csv`` (policy, metric, sim, real,
+error_pct, then real_min, real_max, real_spread_pct and repeats), ``fidelity.md``,
+``fidelity.json`` and every run directory (``real_POLICY/repI``, ``sim_POLICY``,
+``calibration_POLICY``).
 """
 from __future__ import annotations
 
@@ -38,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 METRICS = {  # fidelity metric -> column of analysis.metrics.summarize
@@ -48,6 +62,13 @@ BAR_METRICS = ("ttft_mean_s", "tpot_mean_s", "output_tokens_per_s")  # issue #6:
 BAR_PCT = 10.0
 # Better is lower for latencies, higher for throughput (for the ranking check).
 HIGHER_IS_BETTER = {"output_tokens_per_s"}
+# Two policies closer than this are a tie, not a ranking: an open-loop trace that every
+# policy completes fixes the throughput to within its last requests' tail.
+RANK_TOLERANCE_PCT = 1.0
+# fidelity.csv: analysis.fidelity.FIDELITY_COLUMNS first (what read_fidelity needs), then the
+# spread of the real repetitions that "real" (their median) stands for.
+TABLE_COLUMNS = ["policy", "metric", "sim", "real", "error_pct",
+                 "real_min", "real_max", "real_spread_pct", "repeats"]
 
 
 @dataclass
@@ -64,6 +85,7 @@ class FidelityConfig:
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 32
     warmup_requests: int = 4
+    repeats: int = 3  # real runs per policy, averaged (one real run is too noisy for 10 %)
     output_dir: Path = Path("outputs/fidelity")
     server_start_timeout_s: float = 180.0
     replay_timeout_s: float = 1800.0
@@ -164,14 +186,18 @@ def profile_served(cfg: FidelityConfig, out_dir: Path) -> Path:
     """Calibrate from steps as served: replay the trace with another seed on static DP and
     static TP servers (every width the comparison uses), then fit a profile to the steps they
     ran. Same host load as the comparison runs, different requests."""
-    runs = []
+    run_dirs = []
     for policy in ("static_dp", "static_tp"):
         run_dir = out_dir / f"calibration_{policy}"
         run_real(cfg, policy, run_dir, seed=cfg.seed + 1)
-        runs.append(str(run_dir / "server"))
+        run_dirs.append(run_dir)
     path = out_dir / "profile.json"
     cmd = [sys.executable, "-m", "executor", "profile", "--model", cfg.model,
-           "--from-runs", *runs, "-o", str(path), "--log-level", "warning"]
+           "--from-runs", *(str(d / "server") for d in run_dirs),
+           # the replay client of the same runs, in the same order: the profile measures the
+           # client-side overhead per request from it (TTFT and TPOT are the client's)
+           "--replays", *(str(d / "replay") for d in run_dirs),
+           "-o", str(path), "--log-level", "warning"]
     run_command(cmd, out_dir / "profile.log", timeout_s=600)
     return path
 
@@ -200,6 +226,23 @@ def _doubling(start: int, stop: int) -> list[int]:
 
 def _csv(values: list[int]) -> str:
     return ",".join(str(v) for v in values)
+
+
+def real_run_dir(out_dir: Path, policy: str, rep: int) -> Path:
+    return out_dir / f"real_{policy}" / f"rep{rep}"
+
+
+def run_real_repeats(cfg: FidelityConfig, out_dir: Path) -> dict[str, list[dict[str, float]]]:
+    """The headline metrics of ``cfg.repeats`` real runs per policy, interleaved: every policy
+    once per repetition, so that a drift of the machine (another job starting, thermal
+    throttling) lands on all policies alike instead of on whichever ran last."""
+    runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in cfg.policies}
+    for rep in range(cfg.repeats):
+        for policy in cfg.policies:
+            print(f"[{policy}] executor, run {rep + 1}/{cfg.repeats} ...", flush=True)
+            requests, switches = run_real(cfg, policy, real_run_dir(out_dir, policy, rep))
+            runs[policy].append(run_metrics(requests, switches))
+    return runs
 
 
 def run_real(cfg: FidelityConfig, policy: str, run_dir: Path, seed: int | None = None
@@ -261,19 +304,44 @@ def headline(requests: pd.DataFrame) -> dict[str, float]:
     return {name: float(row[col]) for name, col in METRICS.items()}
 
 
+def run_metrics(requests: pd.DataFrame, switches: int) -> dict[str, float]:
+    """The compared metrics of one run: the headline latencies and rates, and its switches."""
+    return {**headline(requests), "switches": float(switches)}
+
+
 def error_pct(sim: float, real: float) -> float:
     if real == 0 or math.isnan(real) or math.isnan(sim):
         return 0.0 if sim == real else math.nan
     return 100.0 * (sim - real) / real
 
 
-def comparison_rows(policy: str, sim: dict[str, float], real: dict[str, float]) -> list[dict]:
-    return [{"policy": policy, "metric": m, "sim": sim[m], "real": real[m],
-             "error_pct": error_pct(sim[m], real[m])} for m in sim]
+def spread_pct(values: list[float]) -> float:
+    """(max - min) in % of the median: how far apart the real repetitions landed. 0 for one
+    run or identical runs (e.g. no switches in any), NaN when a run has no value."""
+    lo, hi, mid = np.min(values), np.max(values), np.median(values)
+    if lo == hi:
+        return 0.0
+    return 100.0 * float(hi - lo) / abs(float(mid)) if mid != 0 else math.nan
+
+
+def comparison_rows(policy: str, sim: dict[str, float], reals: list[dict[str, float]]
+                    ) -> list[dict]:
+    """One row per metric: the simulator against the median of the real repetitions
+    ``reals`` (one metrics dict per real run), with their min, max and spread."""
+    rows = []
+    for m, sim_value in sim.items():
+        values = [real[m] for real in reals]
+        real = float(np.median(values))
+        rows.append({"policy": policy, "metric": m, "sim": sim_value, "real": real,
+                     "error_pct": error_pct(sim_value, real), "real_min": float(np.min(values)),
+                     "real_max": float(np.max(values)), "real_spread_pct": spread_pct(values),
+                     "repeats": len(values)})
+    return rows
 
 
 def rankings(table: pd.DataFrame) -> pd.DataFrame:
-    """Per metric, the policies best-first on each side, and whether the orders agree."""
+    """Per metric, the policies best-first on each side, the pairs the real runs tell apart
+    (``resolved``), and whether the simulator orders every one of those pairs the same way."""
     rows = []
     for metric, group in table.groupby("metric", sort=False):
         if metric == "switches":
@@ -281,23 +349,71 @@ def rankings(table: pd.DataFrame) -> pd.DataFrame:
         descending = metric in HIGHER_IS_BETTER
         order = {side: list(group.sort_values(side, ascending=not descending)["policy"])
                  for side in ("sim", "real")}
+        resolved = resolved_pairs(group, descending)
+        by_policy = group.set_index("policy")
+        same = all(_sim_agrees(by_policy.loc[a, "sim"], by_policy.loc[b, "sim"], descending)
+                   for a, b in resolved)
         rows.append({"metric": metric, "sim": " > ".join(order["sim"]),
-                     "real": " > ".join(order["real"]), "same": order["sim"] == order["real"]})
-    return pd.DataFrame(rows)
+                     "real": " > ".join(order["real"]),
+                     "resolved": "; ".join(f"{a} > {b}" for a, b in resolved), "same": same})
+    return pd.DataFrame(rows, columns=["metric", "sim", "real", "resolved", "same"])
+
+
+def _apart(a: float, b: float) -> bool:
+    """More than RANK_TOLERANCE_PCT apart (relative to the larger magnitude)."""
+    scale = max(abs(a), abs(b))
+    return scale > 0 and 100.0 * abs(a - b) / scale > RANK_TOLERANCE_PCT
+
+
+def resolved_pairs(group: pd.DataFrame, descending: bool) -> list[tuple[str, str]]:
+    """(better, worse) for every pair of policies whose real runs do not overlap (every run
+    of one beats every run of the other) and whose medians are clearly apart. A pair the
+    real system itself orders differently from run to run has no ranking to reproduce."""
+    rows = list(group.itertuples())
+    pairs = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            disjoint = a.real_max < b.real_min or b.real_max < a.real_min
+            if not (disjoint and _apart(a.real, b.real)):
+                continue
+            a_better = (a.real > b.real) == descending
+            pairs.append((a.policy, b.policy) if a_better else (b.policy, a.policy))
+    return pairs
+
+
+def _sim_agrees(better_sim: float, worse_sim: float, descending: bool) -> bool:
+    ordered = better_sim > worse_sim if descending else better_sim < worse_sim
+    return ordered and _apart(better_sim, worse_sim)
 
 
 def markdown(table: pd.DataFrame, ranks: pd.DataFrame, meta: dict) -> str:
-    lines = [f"# Fidelity: simulator vs executor ({meta['model']}, {meta['num_ranks']} CPU "
-             f"ranks, trace {meta['trace']})", "",
+    lines = [(f"# Fidelity: simulator vs executor ({meta['model']}, {meta['num_ranks']} CPU "
+              f"ranks, trace {meta['trace']})"), "",
              f"Command: `{meta['command']}`", "",
-             "| policy | metric | sim | real | error |", "|---|---|---|---|---|"]
+             repeats_line(meta["repeats"]), "",
+             "| policy | metric | sim | real | real (min–max) | real spread | error |",
+             "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.policy} | {r.metric} | {_fmt(r.metric, r.sim)} | "
-                     f"{_fmt(r.metric, r.real)} | {r.error_pct:+.1f} % |")
-    lines += ["", "| metric | sim ranking | real ranking | same |", "|---|---|---|---|"]
-    lines += [f"| {r.metric} | {r.sim} | {r.real} | {'yes' if r.same else 'NO'} |"
-              for r in ranks.itertuples()]
+                     f"{_fmt(r.metric, r.real)} | {_fmt(r.metric, r.real_min)} – "
+                     f"{_fmt(r.metric, r.real_max)} | {r.real_spread_pct:.1f} % | "
+                     f"{r.error_pct:+.1f} % |")
+    lines += ["", "| metric | sim ranking | real ranking | pairs the real runs tell apart "
+              "| same on those |", "|---|---|---|---|---|"]
+    lines += [f"| {r.metric} | {r.sim} | {r.real} | {r.resolved or 'none'} | "
+              f"{'yes' if r.same else 'NO'} |" for r in ranks.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def repeats_line(repeats: int) -> str:
+    if repeats == 1:
+        return ("Real: one run per policy, so no spread is measured; run-to-run noise of the "
+                "real system can exceed the error (use `--repeats`).")
+    return (f"Real: the median of {repeats} runs per policy (interleaved across policies); "
+            "min–max and spread ((max − min) in % of the median) show the real system's "
+            "run-to-run noise. Error is the simulator against that median. A ranking is "
+            "checked on the pairs of policies the real runs tell apart (disjoint min–max, "
+            f"medians more than {RANK_TOLERANCE_PCT:g} % apart).")
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -305,34 +421,39 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value:.1f}"
     if metric.endswith("_s"):
         return f"{1e3 * value:.2f} ms"
-    if metric == "switches":
-        return f"{value:.0f}"
+    if metric == "switches":  # a median of an even number of runs need not be whole
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
     return f"{value:.1f}"
 
 
+def make_profile(cfg: FidelityConfig, out_dir: Path) -> Path:
+    if cfg.profile:
+        return Path(cfg.profile)
+    if cfg.calibration == "served":
+        return profile_served(cfg, out_dir)
+    return profile_machine(cfg, out_dir)
+
+
 def run(cfg: FidelityConfig, command: str) -> pd.DataFrame:
+    if cfg.repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {cfg.repeats}")
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.profile:
-        profile = Path(cfg.profile)
-    elif cfg.calibration == "served":
-        profile = profile_served(cfg, out)
-    else:
-        profile = profile_machine(cfg, out)
+    profile = make_profile(cfg, out)
+    # All real runs first, back to back, so that the repetitions of every policy sample the
+    # same stretch of the machine's time; the simulator is deterministic and can run after.
+    reals = run_real_repeats(cfg, out)
     rows, reports = [], {}
     for policy in cfg.policies:
-        print(f"[{policy}] executor ...", flush=True)
-        real_requests, real_switches = run_real(cfg, policy, out / f"real_{policy}")
         print(f"[{policy}] simulator ...", flush=True)
         sim_requests, sim_switches, reports[policy] = run_sim(cfg, policy, profile,
                                                                out / f"sim_{policy}")
-        real, sim = headline(real_requests), headline(sim_requests)
-        real["switches"], sim["switches"] = float(real_switches), float(sim_switches)
-        rows += comparison_rows(policy, sim, real)
-    table = pd.DataFrame(rows, columns=["policy", "metric", "sim", "real", "error_pct"])
+        rows += comparison_rows(policy, run_metrics(sim_requests, sim_switches), reals[policy])
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     ranks = rankings(table)
     meta = {"model": cfg.model, "num_ranks": cfg.num_ranks, "trace": cfg.trace,
-            "command": command, "profile": str(profile), "predictor": reports,
+            "command": command, "repeats": cfg.repeats, "profile": str(profile),
+            "predictor": reports,
             "calibration": "given" if cfg.profile else cfg.calibration,
             "created": datetime.now().isoformat(timespec="seconds")}
     table.to_csv(out / "fidelity.csv", index=False)
@@ -370,6 +491,9 @@ def parse_args(argv: list[str]) -> FidelityConfig:
     p.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
     p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     p.add_argument("--warmup-requests", type=int, default=d.warmup_requests)
+    p.add_argument("--repeats", type=int, default=d.repeats, metavar="N",
+                   help="real runs per policy, interleaved across policies; the real value is "
+                        "their median (default %(default)s: one run is noisier than the bar)")
     p.add_argument("--output-dir", default=None,
                    help="default: outputs/fidelity/DATE/TIME")
     p.add_argument("--check", action="store_true",
@@ -378,6 +502,8 @@ def parse_args(argv: list[str]) -> FidelityConfig:
     bad = [s for s in a.trace_set if "=" not in s or not s.startswith("trace.")]
     if bad:
         p.error(f"--trace-set takes trace.KEY=VALUE, got {bad[0]!r}")
+    if a.repeats < 1:
+        p.error(f"--repeats takes a whole number of runs, at least 1, got {a.repeats}")
     out = Path(a.output_dir) if a.output_dir else Path("outputs/fidelity") / \
         datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     cfg = FidelityConfig(model=a.model, num_ranks=a.num_ranks, trace=a.trace,
@@ -387,7 +513,7 @@ def parse_args(argv: list[str]) -> FidelityConfig:
                          kv_cache_mib=a.kv_cache_mib,
                          max_num_batched_tokens=a.max_num_batched_tokens,
                          max_num_seqs=a.max_num_seqs, warmup_requests=a.warmup_requests,
-                         output_dir=out, check=a.check)
+                         repeats=a.repeats, output_dir=out, check=a.check)
     return cfg
 
 

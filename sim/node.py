@@ -3,7 +3,7 @@ arrival process and a sampler. The node is the control plane's ``Listener``: it 
 retires engine processes, wakes them, and times flips."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import simpy
@@ -29,6 +29,8 @@ class NodeResult:
     num_steps: int
     stalled: bool = False
     predictor_report: dict | None = None  # a profiled predictor's fit and fallbacks
+    # TP width -> seconds a client sees on top of the server's times (sim.client_view).
+    client_overhead_s: dict[int, float] = field(default_factory=dict)
 
 
 class SimNode:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,7 @@ class ProfiledPredictor:
         for row in profile["steps"]:
             by_width.setdefault(int(row["tp_gpus"]), []).append(row)
         self.fits = {w: fit_width(rows) for w, rows in sorted(by_width.items())}
+        self._client_overhead_s = self._read_client_overhead()  # a bad entry fails here
         self._tokens_s: dict[tuple[int, int], float] = {}
         self.fallbacks: Counter[str] = Counter()  # reason -> steps priced by the roofline
 
@@ -213,6 +215,24 @@ class ProfiledPredictor:
         """The measured DP<->TP flip (p50), when the profile has one."""
         switch = self.profile.get("switch") or {}
         return switch.get("flip_s_p50") if switch.get("flips") else None
+
+    def client_overhead_s(self) -> dict[int, float]:
+        """Mean client TTFT - server TTFT per TP width, when the profile measured it (a
+        served profile with its replays); empty otherwise."""
+        return dict(self._client_overhead_s)
+
+    def _read_client_overhead(self) -> dict[int, float]:
+        measured = (self.profile.get("serving") or {}).get("client_overhead_s") or {}
+        try:
+            out = {int(w): float(o["mean_s"]) for w, o in measured.items()}
+        except (TypeError, ValueError, KeyError):
+            raise ProfileError(f"{self.profile['path']}: serving.client_overhead_s must map a "
+                               "TP width to {\"mean_s\": seconds, ...}") from None
+        bad = [w for w, o in out.items() if w < 1 or not math.isfinite(o)]
+        if bad:
+            raise ProfileError(f"{self.profile['path']}: serving.client_overhead_s has a bad "
+                               f"entry at width {bad[0]}")
+        return out
 
     def _fit_for(self, shape: StepShape) -> WidthFit | None:
         fit = self.fits.get(shape.tp_gpus)

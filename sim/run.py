@@ -19,6 +19,7 @@ from analysis.metrics import format_summary, summarize, summary_dict
 from policies.policy import make_policy
 from policies.records import RECORD_COLUMNS, SWITCH_COLUMNS
 from sim.config import ConfigError, SimConfig, load_config, register_schema, trace_options
+from sim.client_view import client_record
 from sim.node import NodeResult, SimNode
 from sim.objective import objective_value
 from sim.predictor import RooflinePredictor, ShiftPricer, shift_extra_weight_bytes_per_gpu
@@ -59,6 +60,10 @@ def simulate(cfg: SimConfig, progress: bool = False) -> tuple[NodeResult, float]
     report = getattr(predictor, "report", None)
     if report is not None:
         result.predictor_report = report()
+        if cfg.predictor.use_client_overhead:
+            result.client_overhead_s = predictor.client_overhead_s()
+        result.predictor_report["client_overhead_s"] = {
+            str(w): o for w, o in result.client_overhead_s.items()}
         if result.predictor_report["fallback_steps"]:
             log.warning("%d step(s) outside the profile were priced by the roofline: %s",
                         result.predictor_report["fallback_steps"],
@@ -83,7 +88,8 @@ def make_predictor(cfg: SimConfig):
 
 
 def records_frame(result: NodeResult) -> pd.DataFrame:
-    rows = [r.record("sim") for r in result.requests]
+    rows = [client_record(r, r.record("sim"), result.client_overhead_s)
+            for r in result.requests]
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
 
 

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -143,6 +144,9 @@ def test_killed_worker_fails_its_requests_and_shutdown_leaves_nothing(tmp_path):
         assert sorted(records.status) == ["finished", "unfinished"]
         assert set(records.backend) == {"executor"}
         assert run["summary"]["startup"]["comm_pool_groups"] == 1  # the group {0, 1}
+        steps = pd.read_parquet(out_dir / "steps.parquet")
+        assert (steps.step_s > 0).all() and steps.host_s.dropna().ge(0).all()
+        assert steps.host_s.notna().any()  # back-to-back decode steps measure their host time
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -149,3 +149,57 @@ def test_profiled_without_a_path_is_a_config_error(make_config):
     from sim.config import ConfigError
     with pytest.raises(ConfigError, match="profile_path"):
         make_config("+trace=poisson", "predictor=profiled", "predictor.profile_path=null")
+
+
+SMALL_POISSON = ("+trace=poisson", "model=tiny", "cluster=cpu2", "predictor=profiled",
+                 "memory.kv_cache_gib=0.25", "trace.max_requests=40",
+                 "trace.lengths.kind=uniform", "trace.lengths.prompt_tokens=20",
+                 "trace.lengths.prompt_tokens_max=200", "trace.lengths.output_tokens=4",
+                 "trace.lengths.output_tokens_max=30", "output.plots=false",
+                 "output.print_summary=false")
+
+
+def test_client_overhead_shifts_first_token_and_finish_only(make_config, tmp_path):
+    """Records as a client sees them: TTFT and E2E grow by the width's measured overhead,
+    TPOT and the server-side run (step count, switches) do not change."""
+    from sim.run import records_frame, simulate
+    doc = profile_doc()
+    doc["serving"] = {"client_overhead_s": {"1": {"mean_s": 0.004, "median_s": 0.003,
+                                                  "requests": 9}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    runs = {}
+    for use in (True, False):
+        cfg = make_config(*SMALL_POISSON, f"predictor.profile_path={path}", "policy=static_dp",
+                          f"predictor.use_client_overhead={str(use).lower()}")
+        result, _ = simulate(cfg)
+        runs[use] = (result, records_frame(result))
+    (with_result, client), (without_result, server) = runs[True], runs[False]
+    assert with_result.num_steps == without_result.num_steps
+    assert with_result.predictor_report["client_overhead_s"] == {"1": 0.004}
+    assert without_result.predictor_report["client_overhead_s"] == {}
+    assert np.allclose(client.ttft_s - server.ttft_s, 0.004)
+    assert np.allclose(client.e2e_s - server.e2e_s, 0.004)
+    assert np.allclose(client.tpot_s.fillna(0), server.tpot_s.fillna(0))
+    assert (client.arrival_s == server.arrival_s).all()
+
+
+def test_unmeasured_width_takes_the_nearest_overhead():
+    from sim.client_view import overhead_for_width
+    measured = {1: 0.004, 4: 0.010}
+    assert overhead_for_width(measured, 1) == 0.004
+    assert overhead_for_width(measured, 2) == 0.004  # as near as 4 in log2: the smaller wins
+    assert overhead_for_width(measured, 8) == 0.010
+
+
+@pytest.mark.parametrize("serving, match", [
+    ({"client_overhead_s": {"1": 0.004}}, "mean_s"),
+    ({"client_overhead_s": {"0": {"mean_s": 0.004}}}, "width 0"),
+    ({"client_overhead_s": {"1": {"mean_s": float("nan")}}}, "width 1"),
+])
+def test_malformed_client_overhead_is_refused(serving, match):
+    from policies.specs import GpuSpec
+    doc = {**profile_doc(), "serving": serving, "path": "p.json"}
+    gpu = GpuSpec("cpu", 16.0, 2e10, 1e11, "gloo", 5e9)
+    with pytest.raises(ProfileError, match=match):
+        ProfiledPredictor(doc, TINY, RooflinePredictor(TINY, gpu))
