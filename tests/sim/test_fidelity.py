@@ -186,17 +186,17 @@ def test_served_calibration_passes_the_replays_of_its_runs(tmp_path, monkeypatch
     monkeypatch.setattr(fidelity, "run_real", lambda cfg, policy, run_dir, seed=None:
                         real_runs.append((policy, run_dir, seed)))
     monkeypatch.setattr(fidelity, "run_command", lambda cmd, log, timeout_s: commands.append(cmd))
-    cfg = FidelityConfig(seed=5, repeats=3, output_dir=tmp_path)
+    cfg = FidelityConfig(seed=5, repeats=3, calibration_runs=2, output_dir=tmp_path)
     assert fidelity.profile_served(cfg, tmp_path) == tmp_path / "profile.json"
-    # one calibration run per layout, whatever the repeats
-    assert real_runs == [("static_dp", tmp_path / "calibration_static_dp", 6),
-                         ("static_tp", tmp_path / "calibration_static_tp", 6)]
+    # calibration_runs seeds per layout (not the compared seed 5), whatever the repeats
+    expected = [(p, tmp_path / f"calibration_{p}" / f"seed{s}", s)
+                for s in (6, 7) for p in ("static_dp", "static_tp")]
+    assert real_runs == expected
     cmd = commands[0]
     runs = cmd[cmd.index("--from-runs") + 1:cmd.index("--replays")]
     replays = cmd[cmd.index("--replays") + 1:cmd.index("-o")]
-    layouts = ("static_dp", "static_tp")
-    assert runs == [str(tmp_path / f"calibration_{p}" / "server") for p in layouts]
-    assert replays == [str(tmp_path / f"calibration_{p}" / "replay") for p in layouts]
+    assert runs == [str(d / "server") for _, d, _ in expected]
+    assert replays == [str(d / "replay") for _, d, _ in expected]
 
 
 def test_repeats_on_the_command_line(capsys):
@@ -206,6 +206,10 @@ def test_repeats_on_the_command_line(capsys):
         with pytest.raises(SystemExit):
             parse_args(["--repeats", bad])
         assert "--repeats takes a whole number of runs, at least 1" in capsys.readouterr().err
+    assert parse_args(["--calibration-runs", "1"]).calibration_runs == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--calibration-runs", "0"])
+    assert "--calibration-runs takes at least 1" in capsys.readouterr().err
 
 
 def test_simulator_side_mirrors_the_server_settings(make_config, tmp_path):
@@ -233,7 +237,7 @@ def test_one_policy_end_to_end(tmp_path):
     from sim.fidelity import run
     cfg = FidelityConfig(policies=["static_dp"], trace_overrides=SMALL_TRACE,
                          kv_cache_mib=16, max_num_batched_tokens=128, max_num_seqs=8,
-                         warmup_requests=1, repeats=1, output_dir=tmp_path)
+                         warmup_requests=1, repeats=1, calibration_runs=1, output_dir=tmp_path)
     table = run(cfg, "test")
     assert set(table.metric) == {"ttft_mean_s", "ttft_p90_s", "tpot_mean_s",
                                  "output_tokens_per_s", "switches"}
