@@ -8,6 +8,9 @@ member. The run directories of ``python -m executor serve --output-dir`` record 
 - **Step cost** = the round trip (``step_s``) plus the host time before it (``host_s``:
   completing the previous step, scheduling and building this one), which back-to-back steps
   pay too. A step after an idle wait has no measured host time; it gets its width's median.
+- **Contention**: for each step, how many other engine groups were computing meanwhile
+  (``others_busy``: their round trips' overlap with this one, summed over the groups). Two
+  DP groups on one small host slow each other down; the simulator's fit prices it.
 - **Client overhead** (with ``--replays``, the replay client's output of the same runs): how
   much later a streaming client sees the first token than the server records it (request
   parsing and tokenisation before the server's arrival, the SSE chunk after its first token),
@@ -23,6 +26,7 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # Pairing server and client records by arrival order may swap two requests sent within the
@@ -53,6 +57,30 @@ def with_host_time(steps: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, float]]
     steps["host_s"] = steps["host_s"].fillna(fill).clip(lower=0.0)
     steps["step_s"] = steps["round_trip_s"] + steps["host_s"]
     return steps, medians
+
+
+def others_busy(steps: pd.DataFrame) -> pd.Series:
+    """Per step of one run: the other groups' round trips overlapping it, each counted by the
+    share of this step it covers (0 = it ran alone, 1 = another group computed throughout)."""
+    end = steps["time_s"].to_numpy()
+    start = end - steps["step_s"].to_numpy()
+    groups = steps["group"].to_numpy()
+    out = np.zeros(len(steps))
+    for g in np.unique(groups):
+        mine = np.flatnonzero(groups == g)
+        for other in np.unique(groups[groups != g]):
+            theirs = np.flatnonzero(groups == other)
+            theirs = theirs[np.argsort(start[theirs])]
+            o_start, o_end = start[theirs], end[theirs]  # one group's steps do not overlap
+            for i in mine:
+                j = np.searchsorted(o_end, start[i], side="right")
+                covered = 0.0
+                while j < len(theirs) and o_start[j] < end[i]:
+                    covered += min(end[i], o_end[j]) - max(start[i], o_start[j])
+                    j += 1
+                if end[i] > start[i]:
+                    out[i] += covered / (end[i] - start[i])
+    return pd.Series(out, index=steps.index)
 
 
 def first_width(tp_widths: str) -> int | None:
@@ -93,7 +121,7 @@ def client_overhead(pairs: pd.DataFrame) -> dict[str, dict]:
     for width, group in pairs.groupby("width"):
         delta = group["client_ttft_s"] - group["server_ttft_s"]
         out[str(int(width))] = {"mean_s": float(delta.mean()), "median_s": float(delta.median()),
-                                "requests": int(len(delta))}
+                                "requests": len(delta)}
     return out
 
 
@@ -101,8 +129,13 @@ def profile_from_runs(run_dirs: list[Path], model, device: str,
                       replay_dirs: list[Path] | None = None) -> dict:
     """The profile document (``executor.profile.PROFILE_FORMAT``) of the given server run
     directories, with the client overhead when their replay directories are given too."""
-    from executor.profile import (PROFILE_FORMAT, SHAPE_KEYS, hardware_description,
-                                  percentile, software_versions)
+    from executor.profile import (
+        PROFILE_FORMAT,
+        SHAPE_KEYS,
+        hardware_description,
+        percentile,
+        software_versions,
+    )
     from executor.serve_config import model_spec
 
     if replay_dirs and len(replay_dirs) != len(run_dirs):
@@ -110,7 +143,9 @@ def profile_from_runs(run_dirs: list[Path], model, device: str,
                          f"{len(run_dirs)} runs: give one per run, in the same order")
     frames, flips = [], []
     for run_dir in run_dirs:
-        frames.append(read_steps(run_dir))
+        frame = read_steps(run_dir)
+        frame["others_busy"] = others_busy(frame)  # within one run: its groups shared a host
+        frames.append(frame)
         switches = run_dir / "switches.parquet"
         if switches.is_file():
             flips += [f for f in pd.read_parquet(switches).get("flip_s", []) if f > 0]
@@ -120,7 +155,7 @@ def profile_from_runs(run_dirs: list[Path], model, device: str,
     steps, host_medians = with_host_time(steps)
     rows = [{"kind": "served", **{k: int(r[k]) for k in SHAPE_KEYS}, "step_s": float(r["step_s"]),
              "round_trip_s": float(r["round_trip_s"]), "host_s": float(r["host_s"]),
-             "samples": 1} for r in steps.to_dict("records")]
+             "others_busy": round(float(r["others_busy"]), 4), "samples": 1} for r in steps.to_dict("records")]
     switch = {"flips": 0}
     if flips:
         switch = {"flip_s_p50": statistics.median(flips), "flip_s_p99": percentile(flips, 99),

@@ -25,6 +25,31 @@ class StepPredictor(Protocol):
     def decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int) -> np.ndarray: ...
 
 
+class HostLoad:
+    """Which engine groups have work, for a predictor with a host-contention term (groups on
+    one small host slow each other down: ``sim.profiled``). A step is priced with the number
+    of other groups busy at its start. A change cuts the other groups' decode runs at their
+    next step boundary, exactly where a step-by-step engine would price its next step."""
+
+    def __init__(self) -> None:
+        self.engines: dict[int, SimEngine] = {}
+        self.busy: set[int] = set()
+
+    def others_busy(self, gid: int) -> int:
+        return len(self.busy) - (gid in self.busy)
+
+    def report(self, engine: SimEngine, busy: bool) -> None:
+        if busy == (engine.gid in self.busy):
+            return
+        if busy:
+            self.busy.add(engine.gid)
+        else:
+            self.busy.discard(engine.gid)
+        for other in self.engines.values():
+            if other is not engine and other.in_decode_run:
+                other.wake()
+
+
 class _DecodeRun:
     __slots__ = ("bounds_s", "batch", "committed", "cut")
 
@@ -39,7 +64,8 @@ class SimEngine:
     """The process of one engine group of the control plane."""
 
     def __init__(self, env: simpy.Environment, control: ControlPlane, gid: int,
-                 predictor: StepPredictor, fast_forward: bool = True) -> None:
+                 predictor: StepPredictor, fast_forward: bool = True,
+                 load: HostLoad | None = None) -> None:
         runtime = control.groups[gid]
         self.env = env
         self.control = control
@@ -49,6 +75,7 @@ class SimEngine:
         self.scheduler = runtime.scheduler
         self.predictor = predictor
         self.fast_forward = fast_forward
+        self.load = load  # None: the predictor has no contention term
         self.clock_s = env.now
         self.num_steps = 0
         self.busy_s = 0.0
@@ -61,17 +88,24 @@ class SimEngine:
     def wake(self) -> None:
         """New work or a stop request: an idle engine starts; a decode run ends at the next
         step boundary, exactly where a step-by-step engine would look again."""
-        if not self._wakeup.triggered:
+        if self._run is not None and self.env.active_process is not self.process:
+            # Mid-run (whatever the state of _wakeup: a group formed with work never waited)
+            if not self._run.cut:
+                self._run.cut = True
+                self.process.interrupt("wake")
+        elif not self._wakeup.triggered:
             self._wakeup.succeed()
-        elif self.env.active_process is self.process:
-            return  # woken by its own step's effects: it is at a boundary and looks again
-        elif self._run is not None and not self._run.cut:
-            self._run.cut = True
-            self.process.interrupt("wake")
+        # else: woken by its own step's effects: it is at a boundary and looks again
 
     def retire(self) -> None:
         self.retired = True
+        if self.load is not None:
+            self.load.report(self, False)
         self.wake()
+
+    @property
+    def in_decode_run(self) -> bool:
+        return self._run is not None
 
     def sync(self, now_s: float) -> None:
         """Apply the steps of a decode run that have ended by ``now_s`` (for observers)."""
@@ -82,6 +116,8 @@ class SimEngine:
     # --- the step loop -------------------------------------------------------------------
     def loop(self):
         while not self.retired:
+            if self.load is not None:
+                self.load.report(self, self.scheduler.has_work)
             if not self.control.may_step(self.gid, self.clock_s) or not self.scheduler.has_work:
                 self._wakeup = self.env.event()
                 yield self._wakeup
@@ -97,8 +133,11 @@ class SimEngine:
             else:
                 yield from self._step(out)
 
+    def _others_busy(self) -> dict:
+        return {} if self.load is None else {"others_busy": self.load.others_busy(self.gid)}
+
     def _step(self, out: SchedulerOutput):
-        step_s = self.predictor.step_time_s(out.shape())
+        step_s = self.predictor.step_time_s(out.shape(), **self._others_busy())
         end_s = self.clock_s + step_s
         yield self.env.timeout(max(0.0, end_s - self.env.now))
         self.clock_s = end_s
@@ -110,7 +149,8 @@ class SimEngine:
     def _decode_run(self, out: SchedulerOutput, k: int):
         shape = out.shape()
         times = self.predictor.decode_run_times_s(self.tp_gpus, shape.num_seqs,
-                                                  shape.kv_tokens_read, k)
+                                                  shape.kv_tokens_read, k,
+                                                  **self._others_busy())
         # Sequential accumulation from this engine's clock: the same additions, in the same
         # order, as k single steps (np.cumsum is a sequential accumulate).
         bounds = np.cumsum(np.concatenate(([self.clock_s], times)))[1:].tolist()

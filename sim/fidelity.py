@@ -404,8 +404,8 @@ def markdown(table: pd.DataFrame, ranks: pd.DataFrame, meta: dict) -> str:
                      f"{_fmt(r.metric, r.real)} | {_fmt(r.metric, r.real_min)} – "
                      f"{_fmt(r.metric, r.real_max)} | {r.real_spread_pct:.1f} % | "
                      f"{r.error_pct:+.1f} % |")
-    lines += ["", "| metric | sim ranking | real ranking | pairs the real runs tell apart "
-              "| same on those |", "|---|---|---|---|---|"]
+    lines += ["", ("| metric | sim ranking | real ranking | pairs the real runs tell apart "
+                   "| same on those |"), "|---|---|---|---|---|"]
     lines += [f"| {r.metric} | {r.sim} | {r.real} | {r.resolved or 'none'} | "
               f"{'yes' if r.same else 'NO'} |" for r in ranks.itertuples()]
     return "\n".join(lines) + "\n"

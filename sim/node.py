@@ -15,7 +15,7 @@ from policies.request import Request
 from policies.scheduler import SchedulerConfig
 from policies.specs import ClusterSpec, MemoryConfig, ModelSpec
 from policies.switch import SwitchConfig, SwitchRecord
-from sim.engine import SimEngine, StepPredictor
+from sim.engine import HostLoad, SimEngine, StepPredictor
 from traces.spec import RequestSpec
 
 
@@ -47,6 +47,8 @@ class SimNode:
         self.fast_forward = fast_forward
         self.sample_period_s = sample_period_s
         self.engines: dict[int, SimEngine] = {}
+        # Groups that slow each other down on a shared host, when the predictor prices it.
+        self.load = HostLoad() if getattr(predictor, "has_contention", False) else None
         self.retired_steps = 0
         # Tokens of retired incarnations of a group label, so a label's sampled counter stays
         # cumulative when a switch forms the same group again.
@@ -68,10 +70,14 @@ class SimNode:
 
     def group_started(self, gid: int) -> None:
         self.engines[gid] = SimEngine(self.env, self.control, gid, self.predictor,
-                                      self.fast_forward)
+                                      self.fast_forward, self.load)
+        if self.load is not None:
+            self.load.engines[gid] = self.engines[gid]
 
     def group_retired(self, gid: int) -> None:
         engine = self.engines.pop(gid)
+        if self.load is not None:
+            self.load.engines.pop(gid, None)
         self.retired_steps += engine.num_steps
         self.retired_tokens[engine.label] = self.retired_tokens.get(engine.label, 0) + \
             engine.output_tokens_total

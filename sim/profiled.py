@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ModelSpec fields that change step cost: a profile of another shape cannot price this one.
 MAX_KNOTS = 24
 STALL_RATIO = 3.0  # a step this many times its fitted cost is a stall, not a cost
+CONTENTION_ROUNDS = 4  # alternations of the cost fit and the contention factor
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
                 "vocab_size", "dtype")
 
@@ -130,6 +131,12 @@ class WidthFit:
     max_pairs: int
     max_kv_tokens: int
     mape: float  # in-sample mean absolute percentage error, for the report
+    # Host contention: a step costs (1 + contention * n) times its fitted cost while n other
+    # engine groups compute (a served profile's ``others_busy``); 0 without that measure.
+    contention: float = 0.0
+
+    def factor(self, others_busy: int) -> float:
+        return 1.0 + self.contention * others_busy
 
     def tokens_s(self, num_tokens: int) -> float:
         return float(np.interp(num_tokens, self.knots_tokens, self.knot_s))
@@ -177,21 +184,43 @@ def fit_width(rows: list[dict]) -> WidthFit:
     extra = np.array([[r["num_logits"], r["attn_pairs"], r["kv_tokens_read"]] for r in rows],
                      dtype=np.float64)
     y = np.array([r["step_s"] for r in rows], dtype=np.float64)
+    others = np.array([r.get("others_busy", 0.0) for r in rows], dtype=np.float64)
     knots = token_knots(tokens)
     design = np.hstack([hat_basis(tokens, knots), extra])
-    # Relative error: a 1 ms decode and a 100 ms prefill count alike.
-    coef = _weighted_nnls(design, y, 1.0 / y)
-    # That lands on the typical step; a run's mean TPOT and throughput add up the mean one.
+    coef, contention = _fit_cost(design, y, others)
+    # The fit lands on the typical step; a run's mean TPOT and throughput add up the mean one.
     # One scale factor matches the totals, over the steps within STALL_RATIO of the fit (a
     # served profile holds a few stalls: lazy initialisation, a descheduled rank).
-    ratio = y / np.maximum(design @ coef, 1e-12)
-    kept = ratio < STALL_RATIO
-    coef *= y[kept].sum() / max((design[kept] @ coef).sum(), 1e-12)
-    pred = design @ coef
+    pred = (design @ coef) * (1.0 + contention * others)
+    kept = y / np.maximum(pred, 1e-12) < STALL_RATIO
+    coef *= y[kept].sum() / max(pred[kept].sum(), 1e-12)
+    pred = (design @ coef) * (1.0 + contention * others)
     k = len(knots)
     return WidthFit(knots, coef[:k], float(coef[k]), float(coef[k + 1]), float(coef[k + 2]),
                     int(extra[:, 0].max()), int(extra[:, 1].max()), int(extra[:, 2].max()),
-                    float(np.mean(np.abs(pred - y) / y)))
+                    float(np.mean(np.abs(pred - y) / y)), contention)
+
+
+def _fit_cost(design: np.ndarray, y: np.ndarray, others: np.ndarray
+              ) -> tuple[np.ndarray, float]:
+    """``y ~ (design @ coef) * (1 + contention * others)``: NNLS on relative error for the
+    cost of the step's own work, alternated with a line ``ratio = a + b * others`` through
+    the steps' ratios to it (stalls left out; contention = b / a, as the fit's scale a is
+    set by the steps themselves). Without ``others`` one plain fit."""
+    contention = 0.0
+    for _ in range(CONTENTION_ROUNDS if others.any() else 1):
+        target = y / (1.0 + contention * others)
+        coef = _weighted_nnls(design, target, 1.0 / target)  # a 1 ms and a 100 ms step alike
+        if not others.any():
+            break
+        ratio = y / np.maximum(design @ coef, 1e-12)
+        kept = ratio < STALL_RATIO * (1.0 + contention * others)
+        if np.ptp(others[kept]) == 0:
+            break  # every kept step at one load: nothing to tell the factor from the scale
+        line = np.stack([np.ones(int(kept.sum())), others[kept]], axis=1)
+        (a, b), *_ = np.linalg.lstsq(line, ratio[kept], rcond=None)
+        contention = max(0.0, b / a) if a > 0 else 0.0
+    return coef, contention
 
 
 class ProfiledPredictor:
@@ -252,18 +281,25 @@ class ProfiledPredictor:
             t = self._tokens_s[key] = fit.tokens_s(num_tokens)
         return t
 
-    def step_time_s(self, shape: StepShape) -> float:
+    @property
+    def has_contention(self) -> bool:
+        """Whether a step's cost depends on the other groups' load (``others_busy``)."""
+        return any(f.contention > 0 for f in self.fits.values())
+
+    def step_time_s(self, shape: StepShape, others_busy: int = 0) -> float:
+        """One step; ``others_busy`` other engine groups compute meanwhile."""
         if shape.num_tokens == 0:
             return 0.0
         fit = self._fit_for(shape)
         if fit is None:
             return self.fallback.step_time_s(shape)
-        return (self._tokens_part_s(fit, shape.tp_gpus, shape.num_tokens)
-                + fit.per_logit_s * shape.num_logits) \
+        t = (self._tokens_part_s(fit, shape.tp_gpus, shape.num_tokens)
+             + fit.per_logit_s * shape.num_logits) \
             + (fit.per_pair_s * shape.attn_pairs + fit.per_kv_token_s * shape.kv_tokens_read)
+        return t * fit.factor(others_busy) if others_busy else t
 
-    def decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int
-                           ) -> np.ndarray:
+    def decode_run_times_s(self, tp_gpus: int, batch: int, kv_tokens_read: int, k: int,
+                           others_busy: int = 0) -> np.ndarray:
         """k consecutive pure-decode steps; step j reads ``kv_tokens_read + j * batch`` KV
         tokens (as many attention pairs). Steps past the profile fall back one by one."""
         if batch == 0 or k <= 0:
@@ -273,13 +309,16 @@ class ProfiledPredictor:
         fit = self.fits.get(tp_gpus)
         if fit is None or fit.covers(last) is not None:
             return np.array([self.step_time_s(StepShape(tp_gpus, batch, batch, batch, int(c),
-                                                        int(c))) for c in kv], dtype=np.float64)
+                                                        int(c)), others_busy) for c in kv],
+                            dtype=np.float64)
         head = self._tokens_part_s(fit, tp_gpus, batch) + fit.per_logit_s * batch
-        return head + (fit.per_pair_s * kv + fit.per_kv_token_s * kv)
+        times = head + (fit.per_pair_s * kv + fit.per_kv_token_s * kv)
+        return times * fit.factor(others_busy) if others_busy else times
 
     def report(self) -> dict:
         """Fit quality and fallbacks, for summary.json."""
         return {"profile": self.profile["path"],
                 "fit_mape_by_width": {str(w): f.mape for w, f in self.fits.items()},
+                "contention_by_width": {str(w): f.contention for w, f in self.fits.items()},
                 "fallback_steps": self.num_fallbacks,
                 "fallback_reasons": dict(self.fallbacks)}

@@ -97,6 +97,7 @@ def test_served_profile_records_host_time_and_client_overhead(tmp_path):
     assert serving["client_overhead_s"]["2"]["mean_s"] == pytest.approx(0.010)
     first = doc["steps"][0]
     assert first["step_s"] == pytest.approx(first["round_trip_s"] + first["host_s"])
+    assert all(r["others_busy"] == 0.0 for r in doc["steps"])  # each run has one group
 
 
 @pytest.mark.parametrize("args, message", [
@@ -111,3 +112,14 @@ def test_bad_served_profile_arguments(tmp_path, args, message):
         args = [str(tmp_path / a / "w1" / "server") if a in ("A", "B") else a for a in args]
     proc = profile_cmd(tmp_path, *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_others_busy_is_the_overlap_of_other_groups_steps():
+    from executor.served_profile import others_busy
+    # e0 steps [0, 1], [1, 2]; e1 steps [0.5, 1.5] and [3, 4]: e0's first step is half
+    # covered, its second half covered, e1's first fully covered, its second alone.
+    steps = pd.DataFrame({"group": ["e0", "e0", "e1", "e1"],
+                          "time_s": [1.0, 2.0, 1.5, 4.0], "step_s": [1.0, 1.0, 1.0, 1.0]})
+    assert list(others_busy(steps)) == pytest.approx([0.5, 0.5, 1.0, 0.0])
+    alone = pd.DataFrame({"group": ["e0-1"] * 3, "time_s": [1.0, 2.0, 3.0], "step_s": [1.0] * 3})
+    assert list(others_busy(alone)) == [0.0, 0.0, 0.0]

@@ -203,3 +203,75 @@ def test_malformed_client_overhead_is_refused(serving, match):
     gpu = GpuSpec("cpu", 16.0, 2e10, 1e11, "gloo", 5e9)
     with pytest.raises(ProfileError, match=match):
         ProfiledPredictor(doc, TINY, RooflinePredictor(TINY, gpu))
+
+
+CONTENTION = 0.4  # a step costs 1.4x while another group computes throughout
+
+
+def contended_profile(others_levels=(0.0, 0.5, 1.0)) -> dict:
+    """Width 1 measured alone and beside a busy group (served profiles record ``others_busy``);
+    width 2 alone (one group spans the node)."""
+    doc = profile_doc()
+    steps = []
+    for row in doc["steps"]:
+        levels = others_levels if row["tp_gpus"] == 1 else (0.0,)
+        steps += [{**row, "others_busy": o, "step_s": row["step_s"] * (1 + CONTENTION * o)}
+                  for o in levels]
+    return {**doc, "steps": steps, "path": "contended.json"}
+
+
+@pytest.fixture
+def contended():
+    from policies.specs import GpuSpec
+    gpu = GpuSpec("cpu", 16.0, 2e10, 1e11, "gloo", 5e9)
+    return ProfiledPredictor(contended_profile(), TINY, RooflinePredictor(TINY, gpu))
+
+
+def test_fit_recovers_host_contention(contended):
+    assert contended.fits[1].contention == pytest.approx(CONTENTION, rel=1e-6)
+    assert contended.fits[2].contention == 0.0 and contended.has_contention
+    for shape in grid_shapes(1):
+        alone, beside = contended.step_time_s(shape), contended.step_time_s(shape, others_busy=1)
+        assert alone == pytest.approx(true_step_s(shape), rel=1e-6)
+        assert beside == pytest.approx(true_step_s(shape) * (1 + CONTENTION), rel=1e-6)
+    report = contended.report()["contention_by_width"]
+    assert report["1"] == pytest.approx(CONTENTION) and report["2"] == 0.0
+
+
+def test_profile_without_contention_prices_as_before(predictor):
+    assert not predictor.has_contention
+    shape = shape_of(1, [(1, 100)] * 4)
+    assert predictor.step_time_s(shape) == predictor.step_time_s(shape, others_busy=0)
+
+
+def test_contended_decode_run_is_bit_identical_to_single_steps(contended):
+    times = contended.decode_run_times_s(1, 4, 400, 20, others_busy=1)
+    single = [contended.step_time_s(StepShape(1, 4, 4, 4, 400 + 4 * j, 400 + 4 * j),
+                                    others_busy=1) for j in range(20)]
+    assert times.tolist() == single
+
+
+def test_fast_path_is_exactly_stepping_with_contention(make_config, tmp_path):
+    """Two DP groups slow each other down: a group's load change cuts the other's decode run
+    where a step-by-step engine prices its next step, so both paths give the same records."""
+    from sim.run import records_frame, simulate
+    path = tmp_path / "contended.json"
+    path.write_text(json.dumps(contended_profile()))
+    cfg = make_config("+trace=bursty", "trace.duration_s=30", "trace.rate_rps=2",
+                      "trace.burst_rate_rps=12", "model=tiny", "cluster=cpu2",
+                      "predictor=profiled", f"predictor.profile_path={path}",
+                      "memory.kv_cache_gib=0.25", "policy=static_dp",
+                      "trace.lengths.kind=uniform", "trace.lengths.prompt_tokens=20",
+                      "trace.lengths.prompt_tokens_max=200", "trace.lengths.output_tokens=10",
+                      "trace.lengths.output_tokens_max=120", "output.plots=false",
+                      "output.print_summary=false")
+    fast, _ = simulate(cfg)
+    cfg.fast_forward = False
+    slow, _ = simulate(cfg)
+    assert records_frame(fast).equals(records_frame(slow))
+    assert fast.samples == slow.samples
+    # and the contention is priced: the same run without it finishes sooner
+    path.write_text(json.dumps(contended_profile(others_levels=(0.0,))))
+    cfg.fast_forward = True
+    alone, _ = simulate(cfg)
+    assert records_frame(alone).tpot_s.mean() < records_frame(fast).tpot_s.mean()
