@@ -19,8 +19,8 @@ For each policy (default: static DP, static TP, flying) on this machine:
    and switch settings, priced by the profiled predictor from this machine's profile, made
    first unless ``--profile`` names one: ``--calibration served`` (default) fits the steps
    that static DP and static TP servers ran while replaying the trace with other seeds,
-   ``--calibration-runs`` each (``python -m executor profile --from-runs ... --replays
-   ...``), so the profile
+   ``--calibration-runs`` each, interleaved with the repetitions (``python -m executor
+   profile --from-runs ... --replays ...``), so the profile
    carries the host load of serving; ``--calibration grid`` runs ``python -m executor
    profile`` on idle workers;
 3. per-metric error (sim - real) / real, real being the median over the repetitions, for
@@ -184,24 +184,27 @@ def warm_up(base_url: str, n: int) -> None:
 
 
 # --- one policy, both sides ------------------------------------------------------------------
-def profile_served(cfg: FidelityConfig, out_dir: Path) -> Path:
-    """Calibrate from steps as served: replay the trace with other seeds (seed + 1, ...,
-    seed + ``calibration_runs``) on static DP and static TP servers (every width the
-    comparison uses), then fit a profile to the steps they ran. Same host load as the
-    comparison runs, different requests. More than one seed, because the host's contention
-    follows the load a trace happens to draw: one draw with 13 % fewer requests measured TP
-    steps 7-10 % faster at the same batch than the compared trace's runs."""
+def calibration_run(cfg: FidelityConfig, out_dir: Path, k: int) -> list[Path]:
+    """The k-th served calibration (k >= 1): the trace with seed + k on a static DP and a
+    static TP server (every width the comparison uses). Same host load as the comparison
+    runs, different requests; more than one seed, because the host's contention follows the
+    load a trace happens to draw (one draw with 13 % fewer requests measured TP steps 7-10 %
+    faster at the same batch than the compared trace's runs)."""
     run_dirs = []
-    for k in range(1, cfg.calibration_runs + 1):
-        for policy in ("static_dp", "static_tp"):
-            run_dir = out_dir / f"calibration_{policy}" / f"seed{cfg.seed + k}"
-            run_real(cfg, policy, run_dir, seed=cfg.seed + k)
-            run_dirs.append(run_dir)
+    for policy in ("static_dp", "static_tp"):
+        run_dir = out_dir / f"calibration_{policy}" / f"seed{cfg.seed + k}"
+        print(f"[calibration] {policy}, trace seed {cfg.seed + k} ...", flush=True)
+        run_real(cfg, policy, run_dir, seed=cfg.seed + k)
+        run_dirs.append(run_dir)
+    return run_dirs
+
+
+def fit_served_profile(cfg: FidelityConfig, out_dir: Path, run_dirs: list[Path]) -> Path:
+    """``python -m executor profile --from-runs`` of the calibration runs, with their replay
+    clients (the profile then holds the client overhead per request too)."""
     path = out_dir / "profile.json"
     cmd = [sys.executable, "-m", "executor", "profile", "--model", cfg.model,
            "--from-runs", *(str(d / "server") for d in run_dirs),
-           # the replay client of the same runs, in the same order: the profile measures the
-           # client-side overhead per request from it (TTFT and TPOT are the client's)
            "--replays", *(str(d / "replay") for d in run_dirs),
            "-o", str(path), "--log-level", "warning"]
     run_command(cmd, out_dir / "profile.log", timeout_s=600)
@@ -238,17 +241,27 @@ def real_run_dir(out_dir: Path, policy: str, rep: int) -> Path:
     return out_dir / f"real_{policy}" / f"rep{rep}"
 
 
-def run_real_repeats(cfg: FidelityConfig, out_dir: Path) -> dict[str, list[dict[str, float]]]:
+def run_real_repeats(cfg: FidelityConfig, out_dir: Path, calibrate: bool = False
+                     ) -> tuple[dict[str, list[dict[str, float]]], list[Path]]:
     """The headline metrics of ``cfg.repeats`` real runs per policy, interleaved: every policy
     once per repetition, so that a drift of the machine (another job starting, thermal
-    throttling) lands on all policies alike instead of on whichever ran last."""
+    throttling) lands on all policies alike instead of on whichever ran last. With
+    ``calibrate``, the served calibration runs are interleaved the same way (the k-th before
+    the k-th repetition), so that the profile samples the same stretch of the machine's time
+    as the runs it is compared with. Returns the metrics and the calibration run dirs."""
     runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in cfg.policies}
-    for rep in range(cfg.repeats):
+    calibration_dirs: list[Path] = []
+    rounds = max(cfg.repeats, cfg.calibration_runs if calibrate else 0)
+    for rep in range(rounds):
+        if calibrate and rep < cfg.calibration_runs:
+            calibration_dirs += calibration_run(cfg, out_dir, rep + 1)
+        if rep >= cfg.repeats:
+            continue
         for policy in cfg.policies:
             print(f"[{policy}] executor, run {rep + 1}/{cfg.repeats} ...", flush=True)
             requests, switches = run_real(cfg, policy, real_run_dir(out_dir, policy, rep))
             runs[policy].append(run_metrics(requests, switches))
-    return runs
+    return runs, calibration_dirs
 
 
 def run_real(cfg: FidelityConfig, policy: str, run_dir: Path, seed: int | None = None
@@ -432,23 +445,21 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.1f}"
 
 
-def make_profile(cfg: FidelityConfig, out_dir: Path) -> Path:
-    if cfg.profile:
-        return Path(cfg.profile)
-    if cfg.calibration == "served":
-        return profile_served(cfg, out_dir)
-    return profile_machine(cfg, out_dir)
-
-
 def run(cfg: FidelityConfig, command: str) -> pd.DataFrame:
     if cfg.repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {cfg.repeats}")
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    profile = make_profile(cfg, out)
-    # All real runs first, back to back, so that the repetitions of every policy sample the
-    # same stretch of the machine's time; the simulator is deterministic and can run after.
-    reals = run_real_repeats(cfg, out)
+    served = cfg.profile is None and cfg.calibration == "served"
+    profile = Path(cfg.profile) if cfg.profile else None
+    if profile is None and not served:
+        profile = profile_machine(cfg, out)  # on idle workers, before any serving
+    # All real runs (and served calibration runs) first, interleaved, so that every policy's
+    # repetitions and the profile sample the same stretch of the machine's time; the
+    # simulator is deterministic and can run after.
+    reals, calibration_dirs = run_real_repeats(cfg, out, calibrate=served)
+    if served:
+        profile = fit_served_profile(cfg, out, calibration_dirs)
     rows, reports = [], {}
     for policy in cfg.policies:
         print(f"[{policy}] simulator ...", flush=True)

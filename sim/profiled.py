@@ -187,12 +187,20 @@ def fit_width(rows: list[dict]) -> WidthFit:
     others = np.array([r.get("others_busy", 0.0) for r in rows], dtype=np.float64)
     knots = token_knots(tokens)
     design = np.hstack([hat_basis(tokens, knots), extra])
-    coef, contention = _fit_cost(design, y, others)
-    # The fit lands on the typical step; a run's mean TPOT and throughput add up the mean one.
-    # One scale factor matches the totals, over the steps within STALL_RATIO of the fit (a
-    # served profile holds a few stalls: lazy initialisation, a descheduled rank).
+    # Served steps are a sample of the workload: absolute error fits the mean cost of each
+    # kind of step, which is what mean TTFT and TPOT add up. A grid spans orders of magnitude
+    # with one averaged point each: relative error gives a 1 ms decode the say of a 100 ms
+    # prefill.
+    relative = not all(r.get("kind") == "served" for r in rows)
+    coef, contention = _fit_cost(design, y, others, relative)
+    # Stalls (steps over STALL_RATIO times the fit: lazy initialisation, a descheduled rank)
+    # are not costs: refit without them, then one scale factor matches the kept steps' total
+    # (a relative fit lands on the typical step; a run's mean TPOT adds up the mean one).
     pred = (design @ coef) * (1.0 + contention * others)
     kept = y / np.maximum(pred, 1e-12) < STALL_RATIO
+    if not kept.all() and kept.sum() > design.shape[1]:
+        coef, contention = _fit_cost(design[kept], y[kept], others[kept], relative)
+        pred = (design @ coef) * (1.0 + contention * others)
     coef *= y[kept].sum() / max(pred[kept].sum(), 1e-12)
     pred = (design @ coef) * (1.0 + contention * others)
     k = len(knots)
@@ -201,16 +209,17 @@ def fit_width(rows: list[dict]) -> WidthFit:
                     float(np.mean(np.abs(pred - y) / y)), contention)
 
 
-def _fit_cost(design: np.ndarray, y: np.ndarray, others: np.ndarray
+def _fit_cost(design: np.ndarray, y: np.ndarray, others: np.ndarray, relative: bool
               ) -> tuple[np.ndarray, float]:
-    """``y ~ (design @ coef) * (1 + contention * others)``: NNLS on relative error for the
-    cost of the step's own work, alternated with a line ``ratio = a + b * others`` through
+    """``y ~ (design @ coef) * (1 + contention * others)``: NNLS (on relative or absolute
+    error) for the cost of the step's own work, alternated with a line ``ratio = a + b * others`` through
     the steps' ratios to it (stalls left out; contention = b / a, as the fit's scale a is
     set by the steps themselves). Without ``others`` one plain fit."""
     contention = 0.0
     for _ in range(CONTENTION_ROUNDS if others.any() else 1):
         target = y / (1.0 + contention * others)
-        coef = _weighted_nnls(design, target, 1.0 / target)  # a 1 ms and a 100 ms step alike
+        coef = _weighted_nnls(design, target,
+                              1.0 / target if relative else np.ones_like(target))
         if not others.any():
             break
         ratio = y / np.maximum(design @ coef, 1e-12)

@@ -104,8 +104,10 @@ def fake_runs(monkeypatch):
     calls = []
 
     def run_real(cfg, policy, run_dir, seed=None):
-        rep = int(Path(run_dir).name.removeprefix("rep"))
         calls.append(("real", policy, Path(run_dir)))
+        if Path(run_dir).parent.name.startswith("calibration_"):
+            return fake_requests(0.1), 0
+        rep = int(Path(run_dir).name.removeprefix("rep"))
         return fake_requests(REAL_TTFT_S[policy][rep]), REAL_SWITCHES[policy][rep]
 
     def run_sim(cfg, policy, profile, run_dir):
@@ -181,22 +183,28 @@ def test_one_repeat_has_no_spread(tmp_path, fake_runs):
     assert "one run per policy" in (tmp_path / "fidelity.md").read_text()
 
 
-def test_served_calibration_passes_the_replays_of_its_runs(tmp_path, monkeypatch):
-    real_runs, commands = [], []
-    monkeypatch.setattr(fidelity, "run_real", lambda cfg, policy, run_dir, seed=None:
-                        real_runs.append((policy, run_dir, seed)))
+def test_served_calibration_is_interleaved_with_the_real_runs(tmp_path, fake_runs,
+                                                              monkeypatch):
+    """The k-th calibration (seed + k, static DP and TP) runs before the k-th repetition, so
+    the profile samples the same stretch of the machine as the runs it is compared with; the
+    profile is fitted from them with their replay clients, in the same order."""
+    commands = []
     monkeypatch.setattr(fidelity, "run_command", lambda cmd, log, timeout_s: commands.append(cmd))
-    cfg = FidelityConfig(seed=5, repeats=3, calibration_runs=2, output_dir=tmp_path)
-    assert fidelity.profile_served(cfg, tmp_path) == tmp_path / "profile.json"
-    # calibration_runs seeds per layout (not the compared seed 5), whatever the repeats
-    expected = [(p, tmp_path / f"calibration_{p}" / f"seed{s}", s)
-                for s in (6, 7) for p in ("static_dp", "static_tp")]
-    assert real_runs == expected
-    cmd = commands[0]
+    cfg = FidelityConfig(policies=["static_dp", "flying"], seed=5, repeats=2,
+                         calibration_runs=3, output_dir=tmp_path)
+    fidelity.run(cfg, "test")
+    cal = [(p, tmp_path / f"calibration_{p}" / f"seed{s}") for s in (6, 7, 8)
+           for p in ("static_dp", "static_tp")]
+    rep = [(p, tmp_path / f"real_{p}" / f"rep{i}") for i in (0, 1)
+           for p in ("static_dp", "flying")]
+    sims = [(p, tmp_path / f"sim_{p}") for p in ("static_dp", "flying")]
+    order = cal[:2] + rep[:2] + cal[2:4] + rep[2:] + cal[4:] + sims
+    assert [(policy, path) for _, policy, path in fake_runs] == order
+    cmd, = commands
     runs = cmd[cmd.index("--from-runs") + 1:cmd.index("--replays")]
     replays = cmd[cmd.index("--replays") + 1:cmd.index("-o")]
-    assert runs == [str(d / "server") for _, d, _ in expected]
-    assert replays == [str(d / "replay") for _, d, _ in expected]
+    assert runs == [str(d / "server") for _, d in cal]
+    assert replays == [str(d / "replay") for _, d in cal]
 
 
 def test_repeats_on_the_command_line(capsys):
