@@ -2,7 +2,10 @@
 
 The runner owns the rank's model (full weights resident) and KV pool. ``set_width`` is the
 whole of a layout switch on this rank: the model's shard views, its comm handle and the KV
-pool's block parameterisation are re-pointed; nothing is copied or reloaded.
+pool's block parameterisation are re-pointed; nothing is copied or reloaded. The model's
+parallel layers and their views at every supported width are found once, here
+(``prepare_tensor_parallel``), so a switch costs O(parallel layers) dict updates, with no
+walk of the module tree and no view built.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch.distributed as dist
 from executor.attention import build_attention_metadata
 from executor.kv_cache import PagedKVCache
 from executor.model import CausalLM
-from executor.parallel import apply_tensor_parallel
+from executor.parallel import apply_tensor_parallel, prepare_tensor_parallel
 from executor.sampler import Sampler
 from executor.step_input import SequenceStep, StepInput
 
@@ -40,6 +43,7 @@ class ModelRunner:
         self.sampler = sampler or Sampler()
         self.device = kv_cache.storage.device
         self.rank, self.width = 0, 1
+        prepare_tensor_parallel(model)  # weights are loaded: every view is final
         self.set_width(0, 1)
 
     def set_width(self, rank: int, width: int, group: dist.ProcessGroup | None = None) -> None:

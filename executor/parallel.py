@@ -3,7 +3,9 @@
 The Model Weights Manager of Flying Serving: every rank keeps the FULL weight of every layer
 (a ``torch.nn.Parameter`` named like the Hugging Face tensor, so checkpoints map by name),
 and ``set_width(rank, width)`` only re-points ``active_weight`` (and ``active_bias``) at the
-rank's slice of it. Switching layouts therefore never copies or moves a weight.
+rank's slice of it. Switching layouts therefore never copies or moves a weight. Those views
+are computed once per supported (rank, width) when the model is prepared
+(``TensorParallelPlan``), so a model-wide switch is one dict update per parallel layer.
 
 Layout invariants (checked by tests/executor/test_parallel.py):
 
@@ -24,7 +26,7 @@ Layout invariants (checked by tests/executor/test_parallel.py):
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -75,7 +77,13 @@ def copy_full(param: nn.Parameter, loaded: torch.Tensor) -> None:
 
 
 class TensorParallelModule(nn.Module):
-    """Base of the layers ``apply_tensor_parallel`` re-points."""
+    """Base of the layers ``apply_tensor_parallel`` re-points.
+
+    A subclass says what its (rank, width) views are in ``_views``; nothing else of the layer
+    depends on the width. ``views`` is the whole per-width state (the views plus ``tp_rank``
+    and ``tp_width``), so ``TensorParallelPlan`` can compute it once per supported width when
+    the model is prepared and a switch only installs it.
+    """
 
     def __init__(self, max_tp_width: int) -> None:
         super().__init__()
@@ -86,19 +94,34 @@ class TensorParallelModule(nn.Module):
         self.tp_width = 1
 
     def set_width(self, rank: int, width: int) -> None:
+        """Re-point this one layer, computing its views now (the uncached path)."""
         check_width(rank, width, self.max_tp_width)
-        self.tp_rank, self.tp_width = rank, width
-        self._select_views()
+        self._install(self.views(rank, width))
 
-    def _select_views(self) -> None:
+    def views(self, rank: int, width: int) -> dict[str, object]:
+        """Every attribute that (rank, width) sets: views of the resident tensors, no copies."""
+        return {"tp_rank": rank, "tp_width": width, **self._views(rank, width)}
+
+    def _views(self, rank: int, width: int) -> dict[str, object]:
         raise NotImplementedError
 
-    def _rows(self, param: torch.Tensor | None, num_rows: int) -> torch.Tensor | None:
-        """The rank's ``num_rows // width`` rows of ``param`` (a view; dim 0)."""
+    def _select_views(self) -> None:
+        self._install(self.views(self.tp_rank, self.tp_width))
+
+    def _install(self, views: dict[str, object]) -> None:
+        # Plain attributes (never Parameters, buffers or submodules; TensorParallelPlan checks
+        # once), so writing the instance dict is what nn.Module.__setattr__ would do, minus
+        # its per-attribute bookkeeping.
+        self.__dict__.update(views)
+
+    @staticmethod
+    def _rows(param: torch.Tensor | None, num_rows: int, rank: int,
+              width: int) -> torch.Tensor | None:
+        """Rank ``rank``'s ``num_rows // width`` rows of ``param`` (a view; dim 0)."""
         if param is None:
             return None
-        part = num_rows // self.tp_width
-        return param.narrow(0, self.tp_rank * part, part)
+        part = num_rows // width
+        return param.narrow(0, rank * part, part)
 
 
 class ColumnParallelLinear(TensorParallelModule):
@@ -113,9 +136,9 @@ class ColumnParallelLinear(TensorParallelModule):
         self.bias = _resident((out_features,), dtype, device, copy_full) if bias else None
         self._select_views()
 
-    def _select_views(self) -> None:
-        self.active_weight = self._rows(self.weight, self.out_features)
-        self.active_bias = self._rows(self.bias, self.out_features)
+    def _views(self, rank: int, width: int) -> dict[str, object]:
+        return {"active_weight": self._rows(self.weight, self.out_features, rank, width),
+                "active_bias": self._rows(self.bias, self.out_features, rank, width)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.active_weight, self.active_bias)
@@ -164,9 +187,9 @@ class FusedColumnParallelLinear(TensorParallelModule):
         blocks = param.data.view(self.max_tp_width, self.block_rows, *rest)
         blocks[:, offset:offset + rows].copy_(loaded.reshape(self.max_tp_width, rows, *rest))
 
-    def _select_views(self) -> None:
-        self.active_weight = self._rows(self.weight, self.out_features)
-        self.active_bias = self._rows(self.bias, self.out_features)
+    def _views(self, rank: int, width: int) -> dict[str, object]:
+        return {"active_weight": self._rows(self.weight, self.out_features, rank, width),
+                "active_bias": self._rows(self.bias, self.out_features, rank, width)}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = F.linear(x, self.active_weight, self.active_bias)
@@ -198,9 +221,10 @@ class RowParallelLinear(TensorParallelModule):
         _check_shape(loaded, (self.out_features, self.in_features))  # HF layout [out, in]
         param.data.copy_(loaded.t())
 
-    def _select_views(self) -> None:
-        self.active_weight = self._rows(self.weight, self.in_features)  # [in/width, out]
-        self.active_bias = self.bias if self.tp_rank == 0 else None
+    def _views(self, rank: int, width: int) -> dict[str, object]:
+        return {"active_weight": self._rows(self.weight, self.in_features, rank,
+                                            width),  # [in/width, out]
+                "active_bias": self.bias if rank == 0 else None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(x, self.active_weight)
@@ -238,9 +262,9 @@ class VocabParallelEmbedding(TensorParallelModule):
         param.data[:self.vocab_size].copy_(loaded)
         param.data[self.vocab_size:].zero_()
 
-    def _select_views(self) -> None:
-        self.active_weight = self._rows(self.weight, self.padded_vocab_size)
-        self.vocab_start = self.tp_rank * (self.padded_vocab_size // self.tp_width)
+    def _views(self, rank: int, width: int) -> dict[str, object]:
+        return {"active_weight": self._rows(self.weight, self.padded_vocab_size, rank, width),
+                "vocab_start": rank * (self.padded_vocab_size // width)}
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_width == 1:
@@ -267,18 +291,82 @@ class ParallelLMHead(VocabParallelEmbedding):
         return F.linear(hidden, self.active_weight)
 
 
+class TensorParallelPlan:
+    """Everything a switch of ``model`` re-points, found and computed once, when the model is
+    prepared: its parallel layers, and each layer's views (``TensorParallelModule.views``) at
+    every supported (rank, width). A switch is then one dict update per parallel layer: no
+    walk of the module tree, no view constructed, nothing allocated.
+
+    Nothing is ever invalidated: the structure of a loaded model does not change, and
+    weights are loaded in place (``weight_loader`` copies into the resident tensor), so views
+    taken before loading see the loaded bytes. A model whose resident tensors are
+    re-allocated (``.to()``, ``param.data = ...``) must be prepared again
+    (``prepare_tensor_parallel``); ``executor.zero_copy.view_violations`` would report the
+    stale views as lying outside their resident storage.
+
+    Memory: ``sum(w for w | max_tp_width)`` views per layer (15 at granularity 8), a few
+    hundred bytes of tensor header each; no weight bytes.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.max_tp_width: int = model.max_tp_width
+        self.layers: list[tuple[str, TensorParallelModule]] = [
+            (name, m) for name, m in model.named_modules() if isinstance(m, TensorParallelModule)]
+        for name, layer in self.layers:
+            registered = [k for k in layer.views(0, 1)
+                          if k in layer._parameters or k in layer._buffers or k in layer._modules]
+            if registered:
+                raise TypeError(f"{name}: per-width attributes {registered} must be plain "
+                                f"attributes, not Parameters, buffers or submodules")
+        # (rank, width) -> ((layer's instance dict, its attributes at (rank, width)), ...)
+        self.switches: dict[tuple[int, int], tuple[tuple[dict, dict], ...]] = {}
+        for width in supported_widths(self.max_tp_width):
+            if any(layer.max_tp_width % width for _, layer in self.layers):
+                continue
+            for rank in range(width):
+                self.switches[(rank, width)] = tuple(
+                    (layer.__dict__, layer.views(rank, width)) for _, layer in self.layers)
+
+    def check(self, rank: int, width: int) -> None:
+        """Raise, as ``check_width`` would, unless every layer supports (rank, width)."""
+        if (rank, width) in self.switches:
+            return
+        check_width(rank, width, self.max_tp_width)
+        for _, layer in self.layers:
+            check_width(rank, width, layer.max_tp_width)
+        raise AssertionError(f"(rank {rank}, width {width}) passes every check but has no "
+                             f"precomputed views")
+
+    def apply(self, rank: int, width: int) -> None:
+        """Install the precomputed views of (rank, width); ``check`` first."""
+        for attributes, views in self.switches[(rank, width)]:
+            attributes.update(views)
+
+
+def prepare_tensor_parallel(model: nn.Module) -> TensorParallelPlan:
+    """Build (again) and keep ``model``'s ``TensorParallelPlan``; call once the model is
+    loaded (``ModelRunner`` does). ``apply_tensor_parallel`` prepares an unprepared model."""
+    plan = TensorParallelPlan(model)
+    model.__dict__["_tp_plan"] = plan  # a plain attribute: not a submodule, not state
+    return plan
+
+
+def tensor_parallel_plan(model: nn.Module) -> TensorParallelPlan:
+    plan = model.__dict__.get("_tp_plan")
+    return plan if plan is not None else prepare_tensor_parallel(model)
+
+
 def apply_tensor_parallel(model: nn.Module, rank: int, width: int,
                           group: dist.ProcessGroup | None = None) -> None:
     """Re-point every parallel layer of ``model`` and its comm handle at (rank, width, group).
 
     Only views and one handle change; width 1 restores the full views bit-exactly. The
     model must have a ``comm`` (``TensorParallelComm``) and a ``max_tp_width``. Everything is
-    validated before anything changes, so a refused switch leaves the model as it was.
+    validated before anything changes, so a refused switch leaves the model as it was. The
+    views come from the model's ``TensorParallelPlan`` (built on first use if the model was
+    not prepared): O(parallel layers) dict updates, no module-tree walk.
     """
-    check_width(rank, width, model.max_tp_width)
-    layers = [m for m in model.modules() if isinstance(m, TensorParallelModule)]
-    for layer in layers:
-        check_width(rank, width, layer.max_tp_width)
+    plan = tensor_parallel_plan(model)
+    plan.check(rank, width)
     model.comm.set_group(rank, width, group)
-    for layer in layers:
-        layer.set_width(rank, width)
+    plan.apply(rank, width)

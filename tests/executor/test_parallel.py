@@ -7,7 +7,8 @@ import torch
 from executor.model import CausalLM
 from executor.parallel import (ColumnParallelLinear, FusedColumnParallelLinear, RowParallelLinear,
                                TensorParallelModule, VocabParallelEmbedding,
-                               apply_tensor_parallel)
+                               apply_tensor_parallel, prepare_tensor_parallel,
+                               supported_widths)
 from tests.executor.helpers import make_hf_model, save_hf
 from executor.loader import load_model
 
@@ -55,6 +56,55 @@ def test_switching_widths_only_repoints_views(wide_pair):
         assert m.active_weight.data_ptr() == m.weight.data_ptr()
         assert m.active_weight.shape == m.weight.shape
         assert torch.equal(m.active_weight, originals[id(m)])
+
+
+def _layout(layers) -> list:
+    """What the switch set on every layer: tensors by (pointer, shape, stride), the rest as is."""
+    def key(value):
+        if isinstance(value, torch.Tensor):
+            return ("tensor", value.data_ptr(), tuple(value.shape), value.stride())
+        return value
+    return [(id(m), name, key(getattr(m, name))) for m in layers
+            for name in sorted(m.views(0, 1))]
+
+
+def test_cached_views_equal_views_computed_per_switch(wide_pair):
+    """The plan's precomputed views (apply_tensor_parallel) are exactly the views each layer
+    computes for itself (TensorParallelModule.set_width, uncached), at every (rank, width)."""
+    _, model = wide_pair
+    prepare_tensor_parallel(model)
+    layers = _parallel_layers(model)
+    assert len(layers) == 2 * 4 + 2  # qkv, o, gate_up, down per layer; embedding; lm head
+    for width in supported_widths(MAX_WIDTH):
+        for rank in range(width):
+            apply_tensor_parallel(model, rank, width)
+            cached = _layout(layers)
+            for m in layers:
+                m.set_width(rank, width)
+            assert _layout(layers) == cached, (rank, width)
+            assert all((m.tp_rank, m.tp_width) == (rank, width) for m in layers)
+    apply_tensor_parallel(model, 0, 1)
+
+
+def test_a_switch_does_not_walk_the_module_tree(wide_pair, monkeypatch):
+    """Once prepared, a switch touches the cached layers only (O(parallel layers))."""
+    _, model = wide_pair
+    prepare_tensor_parallel(model)
+    layers = _parallel_layers(model)
+
+    def walked(*args, **kwargs):
+        raise AssertionError("a switch walked the module tree")
+    for name in ("modules", "named_modules", "children", "named_children"):
+        monkeypatch.setattr(model, name, walked)
+    for rank, width in ((1, 2), (3, 4), (0, 1), (1, 4), (0, 2)):
+        apply_tensor_parallel(model, rank, width)
+        assert all((m.tp_rank, m.tp_width) == (rank, width) for m in layers)
+        for m in layers:
+            assert _inside(m.active_weight, m.weight)
+            rows = m.weight.shape[0] // width
+            assert m.active_weight.data_ptr() == m.weight[rank * rows].data_ptr()
+    monkeypatch.undo()
+    apply_tensor_parallel(model, 0, 1)
 
 
 def _reference_fused_shard(pieces: list[torch.Tensor], rank: int, width: int) -> torch.Tensor:
