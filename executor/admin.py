@@ -13,6 +13,8 @@ Routes (guarded by the API key like ``/v1``):
   with the switch's id and state (``switching``, or ``queued`` behind the one under way),
   400 for a switch this node cannot make, 409 for one it will not take now (already in
   that layout, the queue is full), 503 once a worker has died; errors in OpenAI's shape.
+  The body is ``SwitchRequest``, whose schema ``/openapi.json`` carries; the handler parses
+  it itself, so that a malformed one is a 400 with a reason (not FastAPI's 422).
 
 All handlers run on the event loop that owns the control plane.
 """
@@ -24,20 +26,74 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from executor.coordinator import Coordinator, Rejected, SwitchRefused, Unavailable
-from executor.openai_protocol import ApiError, bad_request, parse_body
+from executor.coordinator import (
+    ADMIN_STRATEGIES,
+    Coordinator,
+    Rejected,
+    SwitchRefused,
+    Unavailable,
+)
+from executor.openai_protocol import ApiError, bad_request, json_body, parse_body
+from executor.serve_config import EXECUTOR_SPLIT_STRATEGIES
 from policies.layout import Group, Layout
 
 
+def _document(schema: dict) -> None:
+    """``SwitchRequest``'s JSON schema (``/openapi.json``) as the handler takes it: the
+    accepted strategies as enums, a group as a non-empty list of ranks, exactly one target,
+    and ``engines_per_group`` only with layout 'mixed'. A field left out is unset, so the
+    schema offers no ``null``s (they are taken as unset all the same). Documentation only:
+    validation stays the model's, the handler's and the coordinator's, each with its own 400
+    message."""
+    props = schema["properties"]
+    for name, prop in props.items():
+        if any(alt.get("type") == "null" for alt in prop.get("anyOf", ())):
+            (kept,) = [alt for alt in prop.pop("anyOf") if alt.get("type") != "null"]
+            prop.pop("default", None)
+            props[name] = {**kept, **prop}
+    props["strategy"]["enum"] = list(ADMIN_STRATEGIES)
+    props["split_strategy"]["enum"] = list(EXECUTOR_SPLIT_STRATEGIES)
+    group = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+    props["groups"].update(items=group, minItems=1)
+    # Exactly one target; engines_per_group with layout 'mixed' only. Branches that exclude
+    # each other (a property given ``false`` must be absent), so that generators such as the
+    # schemathesis fuzz's produce bodies that name one target.
+    def target(name: str, **allowed: dict) -> dict:
+        absent = {k: False for k in ("layout", "width", "groups", "engines_per_group")}
+        return {"required": [name], "properties": {**absent, name: {}, **allowed}}
+
+    schema["oneOf"] = [target("layout", layout={"enum": ["dp", "tp"]}),
+                       target("layout", layout={"const": "mixed"}, engines_per_group={}),
+                       target("width"), target("groups")]
+
+
 class SwitchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    layout: Literal["dp", "tp", "mixed"] | None = None
-    engines_per_group: int | None = Field(default=None, ge=1)
-    width: int | None = Field(default=None, ge=1)
-    groups: list[list[int]] | None = None
-    strategy: str = "sequential"
-    split_strategy: str | None = None
-    reason: str = Field(default="admin", max_length=200)
+    """The body of ``POST /admin/switch``: a target layout and how to reach it. Name the
+    target with exactly one of ``layout``, ``width`` or ``groups``."""
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document)
+    layout: Literal["dp", "tp", "mixed"] | None = Field(
+        default=None, description="A named layout: 'dp' (one group per rank), 'tp' (one group "
+        "of every rank) or 'mixed' (uniform groups of engines_per_group ranks).")
+    engines_per_group: int | None = Field(
+        default=None, ge=1, description="With layout 'mixed' only: the ranks per group "
+        "(default: the server's --engines-per-group).")
+    width: int | None = Field(
+        default=None, ge=1, description="Uniform groups of this many ranks; it must divide "
+        "the node's ranks and be a width the model splits over (400 otherwise).")
+    groups: list[list[int]] | None = Field(
+        default=None, description="Explicit groups, each a run of consecutive ranks; "
+        "together they cover every rank once, each an aligned power-of-two range or the "
+        "whole node (400 otherwise). E.g. [[0, 1], [2], [3]].")
+    # Checked by the coordinator (its own 400 messages), documented as enums.
+    strategy: str = Field(
+        default="sequential", description="How merging groups reach the switch point: "
+        "'sequential' (drain), 'soft' (drain, pre-running held work) or 'hard' (pause "
+        "running requests, keeping their KV).")
+    split_strategy: str | None = Field(
+        default=None, description="How splitting groups reach it: 'drain' or 'recompute' "
+        "(default: the server's switch config).")
+    reason: str = Field(default="admin", max_length=200,
+                        description="Recorded with the switch (GET /admin/switches).")
 
 
 def target_layout(req: SwitchRequest, num_ranks: int, engines_per_group: int) -> Layout:
@@ -69,6 +125,16 @@ def _group(ranks: list[int]) -> Group:
     return Group(ranks[0], len(ranks))
 
 
+SWITCH_RESPONSES = {
+    202: {"description": "The switch started (state 'switching') or is queued behind the one "
+                         "under way (state 'queued', with its queue_position)."},
+    400: {"description": "A body this node cannot act on: malformed, no single target, a "
+                         "layout or width it cannot make, an unknown strategy."},
+    409: {"description": "A switch it will not take now: already_in_layout, queue_full."},
+    503: {"description": "A worker has died, or the server is starting."},
+}
+
+
 def add_admin_routes(app: FastAPI, coordinator: Coordinator, dependencies: list) -> None:
     c = coordinator
 
@@ -98,13 +164,10 @@ def add_admin_routes(app: FastAPI, coordinator: Coordinator, dependencies: list)
 
     app.add_api_route("/admin/layout", layout, methods=["GET"], dependencies=dependencies)
     app.add_api_route("/admin/switches", switches, methods=["GET"], dependencies=dependencies)
-    app.add_api_route("/admin/switch", switch, methods=["POST"], dependencies=dependencies)
+    app.add_api_route("/admin/switch", switch, methods=["POST"], dependencies=dependencies,
+                      status_code=202, responses=SWITCH_RESPONSES,
+                      description="Ask for a live switch (body: ``SwitchRequest``).")
 
 
 async def _json(request: Request) -> object:
-    import json
-
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    return json_body(await request.body())

@@ -10,6 +10,8 @@ meaning: lower is more urgent, negative = the priority class; or the class name 
 """
 from __future__ import annotations
 
+import json
+
 import math
 from typing import Any, Union
 
@@ -32,6 +34,17 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+
+def json_body(raw: bytes) -> object:
+    """A request body as JSON, or a 400 saying why not (never a 500: a body nested deeper
+    than the parser goes raises RecursionError)."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad_request("the request body is not valid JSON: nested too deeply") from None
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:

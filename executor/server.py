@@ -25,11 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from executor.admin import add_admin_routes
+from executor.admin import SwitchRequest, add_admin_routes
 from executor.coordinator import Coordinator, Rejected, Unavailable
 from executor.openai_protocol import (COMPLETION_DEFAULT_MAX_TOKENS, ApiError, ChatRequest,
                                       CompletionRequest, bad_request, chat_prompt_ids,
-                                      completion_prompt_ids, generation_params, parse_body)
+                                      completion_prompt_ids, generation_params, json_body,
+                                      parse_body)
 from executor.serve_config import ResolvedModel, ServeConfig
 from executor.serving_request import Delta, Failed, Finished, ServingRequest
 from executor.tokenizer import Tokenizer
@@ -60,14 +61,16 @@ def create_app(cfg: ServeConfig, model: ResolvedModel, tokenizer: Tokenizer) -> 
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
     _install_error_handlers(app)
     _document_bodies(app, {"/v1/completions": CompletionRequest,
-                           "/v1/chat/completions": ChatRequest})
+                           "/v1/chat/completions": ChatRequest,
+                           "/admin/switch": SwitchRequest})
     return app
 
 
 def _document_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
-    """The OpenAI routes parse their JSON bodies by hand (to answer errors in OpenAI's
-    shape), so FastAPI cannot see them: add each body's JSON schema to ``/openapi.json``,
-    for clients and for the schemathesis fuzz (tests/executor/test_fuzz.py)."""
+    """The OpenAI routes and ``POST /admin/switch`` parse their JSON bodies by hand (to
+    answer errors in OpenAI's shape, 400 rather than FastAPI's 422), so FastAPI cannot see
+    them: add each body's JSON schema to ``/openapi.json``, for clients and for the
+    schemathesis fuzz (tests/executor/test_fuzz.py)."""
     build = app.openapi
 
     def openapi() -> dict:
@@ -130,11 +133,7 @@ class OpenAIApi:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     async def _body(self, request: Request) -> object:
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise bad_request(f"the request body is not valid JSON: {e}") from None
+        return json_body(await request.body())
 
     def _check_model(self, name: str) -> None:
         if name != self.model_name:

@@ -162,6 +162,26 @@ def test_the_admin_api_needs_the_key_and_json(server):
     assert layout(server)["layout"] == "2xTP1"
 
 
+def test_the_switch_body_is_in_the_openapi_schema(server):
+    """``POST /admin/switch`` declares its body (``SwitchRequest``) in /openapi.json, with the
+    constraints the handler enforces, though it parses the body itself (400s, not 422s)."""
+    status, spec = http(server, "/openapi.json", key=None)
+    assert status == 200
+    op = spec["paths"]["/admin/switch"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    props = body["properties"]
+    assert set(props) == set(SwitchRequest.model_fields) and body["additionalProperties"] is False
+    assert all(p["description"] for p in props.values())
+    assert (props["width"]["type"], props["width"]["minimum"]) == ("integer", 1)
+    assert props["layout"]["enum"] == ["dp", "tp", "mixed"]
+    assert props["strategy"]["enum"] == ["sequential", "soft", "hard"]
+    assert props["split_strategy"]["enum"] == ["drain", "recompute"]
+    assert props["reason"]["maxLength"] == 200
+    assert len(body["oneOf"]) == 4  # exactly one target
+    assert {"202", "400", "409", "503"} <= set(op["responses"]) and "422" not in op["responses"]
+
+
 def test_targets_and_the_widths_a_model_allows():
     def target(**body):
         return target_layout(SwitchRequest(**body), 4, 2)
