@@ -133,11 +133,11 @@ class SimEngine:
             else:
                 yield from self._step(out)
 
-    def _others_busy(self) -> dict:
-        return {} if self.load is None else {"others_busy": self.load.others_busy(self.gid)}
-
     def _step(self, out: SchedulerOutput):
-        step_s = self.predictor.step_time_s(out.shape(), **self._others_busy())
+        if self.load is None:
+            step_s = self.predictor.step_time_s(out.shape())
+        else:
+            step_s = self.predictor.step_time_s(out.shape(), self.load.others_busy(self.gid))
         end_s = self.clock_s + step_s
         yield self.env.timeout(max(0.0, end_s - self.env.now))
         self.clock_s = end_s
@@ -148,9 +148,11 @@ class SimEngine:
 
     def _decode_run(self, out: SchedulerOutput, k: int):
         shape = out.shape()
-        times = self.predictor.decode_run_times_s(self.tp_gpus, shape.num_seqs,
-                                                  shape.kv_tokens_read, k,
-                                                  **self._others_busy())
+        args = (self.tp_gpus, shape.num_seqs, shape.kv_tokens_read, k)
+        if self.load is None:
+            times = self.predictor.decode_run_times_s(*args)
+        else:
+            times = self.predictor.decode_run_times_s(*args, self.load.others_busy(self.gid))
         # Sequential accumulation from this engine's clock: the same additions, in the same
         # order, as k single steps (np.cumsum is a sequential accumulate).
         bounds = np.cumsum(np.concatenate(([self.clock_s], times)))[1:].tolist()
