@@ -29,7 +29,9 @@ class HostLoad:
     """Which engine groups have work, for a predictor with a host-contention term (groups on
     one small host slow each other down: ``sim.profiled``). A step is priced with the number
     of other groups busy at its start. A change cuts the other groups' decode runs at their
-    next step boundary, exactly where a step-by-step engine would price its next step."""
+    next step boundary, exactly where a step-by-step engine would price its next step. Such
+    a predictor takes the count as a last argument of ``step_time_s`` and
+    ``decode_run_times_s`` (``sim.profiled.ProfiledPredictor``)."""
 
     def __init__(self) -> None:
         self.engines: dict[int, SimEngine] = {}
